@@ -1,0 +1,341 @@
+"""Dataset configuration: one YAML file per dataset, validated strictly.
+
+Every section below configures one stage (or a group of stages) of the pipeline. Unknown keys and
+wrong types are errors raised when the YAML is loaded, naming the file and the field. Paths are
+resolved lazily: a dataset whose data is missing still loads, and fails only when its first stage
+runs (see :meth:`DatasetConfig.source_dir`).
+
+This module imports only pydantic and yaml, so the Dagster definitions can load it cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATASETS_DIR = REPO_ROOT / "datasets"
+
+
+class ConfigError(ValueError):
+    """A dataset YAML that does not match the schema."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Source and data stages
+# --------------------------------------------------------------------------------------------
+
+
+class AmazonFiles(_Section):
+    """Raw Amazon review dumps for one domain (plain or .gz)."""
+
+    reviews: str
+    meta: str
+
+
+class SyntheticSpec(_Section):
+    """Size and shape of the synthetic demo data (see lgcd_core.data.synthetic)."""
+
+    seed: int = 7
+    n_tastes: int = 6
+    n_items_a: int = 300
+    n_items_b: int = 400
+    n_overlap_users: int = 300
+    n_a_only_users: int = 250
+    n_b_only_users: int = 250
+    min_len: int = 5
+    max_len: int = 14
+    zipf_exponent: float = 1.1
+    taste_purity: float = 0.8
+
+
+class SourceConfig(_Section):
+    """Where the raw data comes from.
+
+    ``path`` is relative to the repository root unless absolute. When ``path_env`` names an
+    environment variable that is set, its value replaces ``path``.
+    """
+
+    format: Literal["amazon", "llmcdsr", "synthetic"]
+    path: str
+    path_env: str | None = None
+    amazon_version: Literal[2014, 2018, 2023] | None = None
+    files: dict[Literal["A", "B"], AmazonFiles] | None = None
+    synthetic: SyntheticSpec | None = None
+    missing_metadata: Literal["error", "drop"] = "error"
+
+    @model_validator(mode="after")
+    def _format_fields(self) -> "SourceConfig":
+        if self.format == "amazon" and (self.amazon_version is None or self.files is None):
+            raise ValueError("format 'amazon' needs 'amazon_version' and 'files' (A and B)")
+        if self.format == "amazon" and set(self.files or {}) != {"A", "B"}:
+            raise ValueError("'files' must name both domains, A and B")
+        if self.format != "amazon" and (self.files is not None or self.amazon_version is not None):
+            raise ValueError("'files' and 'amazon_version' only apply to format 'amazon'")
+        if self.format != "synthetic" and self.synthetic is not None:
+            raise ValueError("'synthetic' only applies to format 'synthetic'")
+        return self
+
+
+class DomainNames(_Section):
+    A: str
+    B: str
+
+
+class FilterConfig(_Section):
+    """k-core filtering (iterative to a fixed point, per domain) and an optional time window.
+
+    ``time_window_days`` keeps interactions within that many days of the latest timestamp of the
+    dataset (the paper: "latest month" for Movie-Book, "past year" for Food-Kitchen).
+    """
+
+    k_core: int | None = Field(default=5, ge=1)
+    time_window_days: int | None = Field(default=None, ge=1)
+
+
+class SplitConfig(_Section):
+    """Held-out overlap users for raw data. LLMCDSR data brings its own valid/test files."""
+
+    seed: int = 42
+    valid_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    test_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    min_history: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _ratios(self) -> "SplitConfig":
+        if self.valid_ratio + self.test_ratio >= 1.0:
+            raise ValueError("valid_ratio + test_ratio must be below 1")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Language stages
+# --------------------------------------------------------------------------------------------
+
+
+class TextEncoderConfig(_Section):
+    """sentence-transformers model for item text (eq. 1, 5). 'default' = offline all-MiniLM-L6-v2."""
+
+    model: str = "default"
+    batch_size: int = Field(default=128, ge=1)
+    max_seq_length: int = Field(default=128, ge=8)
+
+
+class GenerationConfig(_Section):
+    max_new_tokens: int = Field(default=64, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(default=0.7, gt=0.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    seed: int = 0
+
+
+class HttpBackendConfig(_Section):
+    """An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp server, Ollama)."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    concurrency: int = Field(default=4, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+
+
+class LLMConfig(_Section):
+    """Pseudo-text generation (eq. 4). 'default' model = offline SmolLM2-135M-Instruct GGUF."""
+
+    backend: Literal["transformers", "http"] = "transformers"
+    model: str = "default"
+    gguf_file: str | None = None
+    batch_size: int = Field(default=16, ge=1)
+    max_users: int | None = Field(default=None, ge=1)
+    sample_seed: int = 0
+    history_items: int = Field(default=10, ge=1)
+    template_a_to_b: str = "default"
+    template_b_to_a: str = "default"
+    generation: GenerationConfig = GenerationConfig()
+    http: HttpBackendConfig | None = None
+
+    @model_validator(mode="after")
+    def _http(self) -> "LLMConfig":
+        if self.backend == "http" and self.http is None:
+            raise ValueError("backend 'http' needs an 'http' section (base_url, model)")
+        return self
+
+
+class GroundingConfig(_Section):
+    """FAISS grounding of pseudo descriptions to real target items (eq. 5-6)."""
+
+    n_k: int = Field(default=10, ge=1)
+    per_description_k: int | None = Field(default=None, ge=1)
+
+
+class PseudoOverlapConfig(_Section):
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Model stages
+# --------------------------------------------------------------------------------------------
+
+
+class PretrainConfig(_Section):
+    """Per-domain ID + text sequence encoders, next-item pre-training (eq. 1-3)."""
+
+    d: int = Field(default=64, ge=4)
+    n_layers: int = Field(default=2, ge=1)
+    n_heads: int = Field(default=1, ge=1)
+    max_len: int = Field(default=50, ge=2)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=128, ge=1)
+    epochs: int = Field(default=30, ge=1)
+    patience: int = Field(default=5, ge=1)
+    seed: int = 0
+
+
+class LGCDConfig(_Section):
+    """Conditional diffusion preference generator and MoE fusion (eq. 7-27), with ablation switches."""
+
+    T: int = Field(default=100, ge=1)
+    beta_min: float = Field(default=1e-4, gt=0)
+    beta_max: float = Field(default=0.1, gt=0)
+    lambda_A: float = Field(default=0.5, gt=0.0, le=1.0)
+    lambda_B: float = Field(default=0.3, gt=0.0, le=1.0)
+    n_heads: int = Field(default=4, ge=1)
+    n_experts: int = Field(default=8, ge=1)
+    overlap_per_batch: int = Field(default=32, ge=0)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    epochs: int = Field(default=30, ge=1)
+    patience: int = Field(default=5, ge=1)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    freeze_encoders: bool = True
+    seed: int = 0
+    # Table 3 ablations
+    use_diffusion: bool = True
+    overlap_diffusion: bool = True
+    pseudo_diffusion: bool = True
+    alignment_loss: bool = True
+    guesser: bool = True
+    moe: bool = True
+    cyclic_batches: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+class EvaluationConfig(_Section):
+    n_negatives: int = Field(default=999, ge=1)
+    candidate_seed: int = 2026
+    ks: list[int] = [1, 5, 10]
+    seeds: list[int] = [0]
+    baselines: list[str] = ["sasrec_single", "sasrec_mixed", "pretrained_encoder", "popularity", "lgcd_wo_diffusion"]
+    variants: list[str] = []
+    lgcd_reads_target_history: bool = False
+    batch_size: int = Field(default=512, ge=1)
+
+
+class DatasetConfig(_Section):
+    """The whole YAML of one dataset."""
+
+    name: str
+    description: str = ""
+    device: str = "auto"
+    source: SourceConfig
+    domains: DomainNames
+    filter: FilterConfig = FilterConfig()
+    split: SplitConfig = SplitConfig()
+    text_encoder: TextEncoderConfig = TextEncoderConfig()
+    llm: LLMConfig = LLMConfig()
+    grounding: GroundingConfig = GroundingConfig()
+    pseudo_overlap: PseudoOverlapConfig = PseudoOverlapConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    lgcd: LGCDConfig = LGCDConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    # ---- paths -----------------------------------------------------------------------------
+
+    def source_dir(self) -> Path:
+        """The raw data folder (environment override applied), not checked for existence."""
+        raw = os.environ.get(self.source.path_env, "") if self.source.path_env else ""
+        path = Path(raw or self.source.path).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    def stage_dir(self, stage: str, root: Path | None = None) -> Path:
+        """Where a stage writes its files: ``datasets/<name>/<stage>/``."""
+        return (root or output_root()) / self.name / stage
+
+    # ---- versions ---------------------------------------------------------------------------
+
+    def stage_config(self, stage: str) -> dict:
+        """The part of this YAML that configures ``stage`` (what its version hashes)."""
+        return {key: _dump(getattr(self, key)) for key in STAGE_CONFIG_KEYS[stage]}
+
+    def stage_hash(self, stage: str) -> str:
+        blob = json.dumps(self.stage_config(stage), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _dump(value: object) -> object:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+# Which YAML sections configure which stage. A stage's version hashes only these, so editing one
+# section marks that stage (and, through data versions, its downstream) stale and nothing upstream.
+STAGE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    "raw_interactions": ("source", "domains"),
+    "raw_items": ("source", "domains"),
+    "filtered_interactions": ("filter",),
+    "sequences": ("split",),
+    "item_text_embeddings": ("text_encoder",),
+    "pseudo_texts": ("llm",),
+    "grounded_items": ("grounding",),
+    "pseudo_overlap_sequences": ("pseudo_overlap",),
+    "pretrained_encoders": ("pretrain",),
+    "lgcd_model": ("lgcd",),
+    "evaluation": ("evaluation",),
+}
+
+
+def output_root() -> Path:
+    """Root of generated data; ``LGCD_DATA_ROOT`` overrides ``<repo>/datasets``."""
+    return Path(os.environ.get("LGCD_DATA_ROOT", str(DATASETS_DIR)))
+
+
+def load_dataset_config(path: Path) -> DatasetConfig:
+    """Parse and validate one dataset YAML; errors name the file and the offending field."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    if raw["name"] != path.stem:
+        raise ConfigError(f"{path}: field 'name' is {raw['name']!r} but must equal the file name {path.stem!r}")
+    try:
+        return DatasetConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def discover_datasets(directory: Path | None = None) -> list[DatasetConfig]:
+    """Every ``<name>.yaml`` in the datasets folder, sorted by name."""
+    directory = directory or Path(os.environ.get("LGCD_DATASETS_DIR", str(DATASETS_DIR)))
+    return [load_dataset_config(p) for p in sorted(directory.glob("*.yaml"))]

@@ -1,0 +1,86 @@
+"""SASRec-style causal Transformer over a sequence of item vectors (paper eq. 1).
+
+Pre-LayerNorm blocks, learned absolute positions, scaled-dot-product attention with a causal and a
+padding mask. Sequences are right-aligned (left-padded with item 0), as in the public SASRec, so the
+last real position is the last column; :func:`last_real` also handles right padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, d))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (t.view(b, length, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        p = self.dropout.p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        x = x + self.dropout(self.proj(y.transpose(1, 2).reshape(b, length, d)))
+        return x + self.dropout(self.ffn(self.ln2(x)))
+
+
+class SequenceTransformer(nn.Module):
+    """Maps item vectors ``(B, L, d)`` and a padding mask ``(B, L)`` to hidden states ``(B, L, d)``."""
+
+    def __init__(self, d: int, n_layers: int, n_heads: int, max_len: int, dropout: float) -> None:
+        super().__init__()
+        if d % n_heads:
+            raise ValueError(f"d={d} must be divisible by n_heads={n_heads}")
+        self.max_len = max_len
+        self.pos = nn.Embedding(max_len, d)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(d, n_heads, dropout) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """``x``: (B, L, d) item vectors; ``pad``: (B, L) True where the position is padding."""
+        length = x.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
+        positions = torch.arange(length, device=x.device)
+        h = self.dropout(x * (x.shape[-1] ** 0.5) + self.pos(positions))
+        h = h.masked_fill(pad.unsqueeze(-1), 0.0)
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        # A query may attend to itself and to earlier real keys; a padded query still sees itself
+        # so that no attention row is empty (its output is masked out below and never read).
+        allowed = causal & ~pad[:, None, None, :]
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=x.device)
+        for block in self.blocks:
+            h = block(h, allowed)
+            h = h.masked_fill(pad.unsqueeze(-1), 0.0)
+        return self.ln_f(h)
+
+
+def last_real(hidden: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """Hidden state at the last non-padding position of each row: (B, L, d) -> (B, d).
+
+    A row with no real position returns zeros (an empty history).
+    """
+    real = ~pad
+    idx = torch.where(real, torch.arange(pad.shape[1], device=pad.device), -1).max(dim=1).values
+    out = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx.clamp(min=0)]
+    return out * (idx >= 0).unsqueeze(-1).to(out.dtype)
+
+
+def left_pad(sequences: list[list[int]], max_len: int) -> torch.Tensor:
+    """Right-align the last ``max_len`` items of each sequence into a (B, max_len) int64 tensor."""
+    out = torch.zeros(len(sequences), max_len, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tail = seq[-max_len:]
+        if tail:
+            out[row, max_len - len(tail):] = torch.as_tensor(tail, dtype=torch.long)
+    return out
