@@ -129,13 +129,17 @@ class TextEncoderConfig(_Section):
     model: str = "default"
     batch_size: int = Field(default=128, ge=1)
     max_seq_length: int = Field(default=128, ge=8)
+    trust_remote_code: bool = False  # e.g. jinaai/jina-embeddings-v2-base-en needs True
 
 
 class GenerationConfig(_Section):
+    """Decoding settings; every field is part of the generation cache key."""
+
     max_new_tokens: int = Field(default=64, ge=1)
     do_sample: bool = False
     temperature: float = Field(default=0.7, gt=0.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
     seed: int = 0
 
 
@@ -148,6 +152,7 @@ class HttpBackendConfig(_Section):
     concurrency: int = Field(default=4, ge=1)
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
+    backoff_s: float = Field(default=1.0, ge=0)  # wait before retry r is backoff_s * 2**r
 
 
 class LLMConfig(_Section):
@@ -160,8 +165,12 @@ class LLMConfig(_Section):
     max_users: int | None = Field(default=None, ge=1)
     sample_seed: int = 0
     history_items: int = Field(default=10, ge=1)
+    n_descriptions: int = Field(default=5, ge=1)  # how many target items the prompt asks for
+    max_item_chars: int = Field(default=160, ge=8)  # each history item's text is cut to this
     template_a_to_b: str = "default"
     template_b_to_a: str = "default"
+    trust_remote_code: bool = False
+    on_failure: Literal["raise", "unusable"] = "raise"  # requests that fail after all retries
     generation: GenerationConfig = GenerationConfig()
     http: HttpBackendConfig | None = None
 
@@ -177,6 +186,8 @@ class GroundingConfig(_Section):
 
     n_k: int = Field(default=10, ge=1)
     per_description_k: int | None = Field(default=None, ge=1)
+    merge: Literal["round_robin", "max_score", "mean_query"] = "round_robin"
+    unusable: Literal["source_history", "drop"] = "source_history"
 
 
 class PseudoOverlapConfig(_Section):
@@ -237,15 +248,74 @@ class LGCDConfig(_Section):
 # --------------------------------------------------------------------------------------------
 
 
+# Ablation variants of LGCD (Table 3): variant name -> the LGCDConfig switch it turns off.
+# A variant is reported as model ``lgcd_<variant>``.
+VARIANT_SWITCHES: dict[str, str] = {
+    "wo_diffusion": "use_diffusion",
+    "wo_overlap_diffusion": "overlap_diffusion",
+    "wo_pseudo_diffusion": "pseudo_diffusion",
+    "wo_alignment": "alignment_loss",
+    "wo_guesser": "guesser",
+    "wo_moe": "moe",
+    "wo_cyclic": "cyclic_batches",
+}
+BASELINES = ("sasrec_single", "sasrec_mixed", "pretrained_encoder", "popularity", "lgcd_wo_diffusion")
+
+
+class BaselineSASRecConfig(_Section):
+    """The SASRec baselines (single-domain and mixed), trained by lgcd_core.evaluation.baselines.
+
+    ``train_negatives``: None trains with full-softmax cross-entropy over the model's vocabulary;
+    an integer trains a sampled softmax against that many uniform negatives shared by the batch.
+    Early stopping reads valid NDCG@10 (full ranking over the target domain) every
+    ``eval_every`` epochs, in ``selection_setting``; test is never read.
+    """
+
+    d: int = Field(default=64, ge=4)
+    n_layers: int = Field(default=2, ge=1)
+    n_heads: int = Field(default=1, ge=1)
+    max_len: int = Field(default=50, ge=2)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=128, ge=1)
+    max_epochs: int = Field(default=40, ge=1)
+    patience: int = Field(default=3, ge=1)
+    eval_every: int = Field(default=1, ge=1)
+    train_negatives: int | None = Field(default=None, ge=1)
+    selection_setting: Literal["inter_domain", "mixed_history"] = "mixed_history"
+
+
+class ReferenceRow(_Section):
+    """A published row shown beside ours (e.g. the paper's Table 1): values keyed 'A:HR@10'."""
+
+    label: str
+    split: str = "test"
+    setting: Literal["inter_domain", "mixed_history"] = "inter_domain"
+    values: dict[str, float]
+
+
 class EvaluationConfig(_Section):
     n_negatives: int = Field(default=999, ge=1)
     candidate_seed: int = 2026
     ks: list[int] = [1, 5, 10]
-    seeds: list[int] = [0]
-    baselines: list[str] = ["sasrec_single", "sasrec_mixed", "pretrained_encoder", "popularity", "lgcd_wo_diffusion"]
+    seeds: list[int] = Field(default=[0], min_length=1)
+    baselines: list[str] = list(BASELINES)
     variants: list[str] = []
     lgcd_reads_target_history: bool = False
     batch_size: int = Field(default=512, ge=1)
+    sasrec: BaselineSASRecConfig = BaselineSASRecConfig()
+    paper_rows: list[ReferenceRow] = []
+
+    @model_validator(mode="after")
+    def _names(self) -> "EvaluationConfig":
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
+        unknown = [v for v in self.variants if v not in VARIANT_SWITCHES]
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANT_SWITCHES)}")
+        return self
 
 
 class DatasetConfig(_Section):

@@ -51,7 +51,10 @@ class SequenceTransformer(nn.Module):
         length = x.shape[1]
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
-        positions = torch.arange(length, device=x.device)
+        # Right-aligned position ids: the last column is always position max_len - 1, so a batch
+        # left-padded to its own longest row gives exactly the same outputs at real positions as one
+        # padded to max_len (padded keys are masked), and short batches cost less.
+        positions = torch.arange(self.max_len - length, self.max_len, device=x.device)
         h = self.dropout(x * (x.shape[-1] ** 0.5) + self.pos(positions))
         h = h.masked_fill(pad.unsqueeze(-1), 0.0)
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()

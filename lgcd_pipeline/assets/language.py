@@ -1,0 +1,95 @@
+"""Language stages: item text embeddings, LLM pseudo-texts, FAISS grounding, pseudo-overlap sequences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from lgcd_core.config import DatasetConfig
+from lgcd_pipeline.metadata import stats_metadata, table_metadata
+from lgcd_pipeline.stage import cache_dir, stage_asset, stage_path
+
+
+def _log(context):
+    return lambda message: context.log.info(message)
+
+
+def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
+    @stage_asset(
+        cfg, "item_text_embeddings", deps=["sequences"], group="language", kinds={"pytorch", "numpy"}, gpu=True,
+        description="One L2-normalised sentence-transformers vector per item, row = item_idx (eq. 1, 5). "
+        "Vectors are cached per (model, text), so re-materializing with unchanged inputs encodes nothing.",
+    )
+    def item_text_embeddings(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
+        from lgcd_core.device import resolve_device
+        from lgcd_core.io import atomic_dir, read_parquet, write_json, write_npy
+        from lgcd_core.language.text_encoder import encode_items
+
+        items = read_parquet(stage_path(cfg, "sequences", "items.parquet"))
+        vectors, stats = encode_items(items, cfg.text_encoder, resolve_device(cfg.device), cache_dir(cfg, "text_vectors"))
+        with atomic_dir(out_dir) as tmp:
+            write_npy(vectors, tmp / "embeddings.npy")
+            write_json({"model": stats.get("model"), "dim": int(vectors.shape[1]), "n_items": int(vectors.shape[0] - 1)}, tmp / "meta.json")
+        return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out_dir / "embeddings.npy")), **stats_metadata(stats)})
+
+    @stage_asset(
+        cfg, "pseudo_texts", deps=["sequences"], group="language", kinds={"pytorch", "parquet"}, gpu=True,
+        description="For each single-domain user, an LLM guesses items of the other domain from their history (eq. 4). "
+        "Answers are cached by (model, template, prompt, generation settings): re-runs and resumed runs "
+        "generate only what is missing.",
+    )
+    def pseudo_texts(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
+        from lgcd_core.device import resolve_device
+        from lgcd_core.io import atomic_dir, read_parquet, write_parquet
+        from lgcd_core.language.pseudo_text import generate_pseudo_texts
+
+        items = read_parquet(stage_path(cfg, "sequences", "items.parquet"))
+        sequences = read_parquet(stage_path(cfg, "sequences", "sequences.parquet"))
+        table, stats = generate_pseudo_texts(
+            cfg, items, sequences, cache_dir(cfg, "llm"), resolve_device(cfg.device), log=_log(context)
+        )
+        with atomic_dir(out_dir) as tmp:
+            write_parquet(table, tmp / "pseudo_texts.parquet")
+        return dg.MaterializeResult(metadata={**table_metadata(table, out_dir / "pseudo_texts.parquet"), **stats_metadata(stats)})
+
+    @stage_asset(
+        cfg, "grounded_items", deps=["pseudo_texts", "item_text_embeddings", "sequences"], group="language",
+        kinds={"faiss", "parquet"},
+        description="Each pseudo description is embedded with the target domain's text encoder and grounded to its "
+        "top n_K real target-domain items by cosine (FAISS exact inner product; eq. 5-6).",
+    )
+    def grounded_items(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
+        import numpy as np
+
+        from lgcd_core.device import resolve_device
+        from lgcd_core.io import atomic_dir, read_parquet, write_parquet
+        from lgcd_core.language.grounding import ground_pseudo_texts
+
+        pseudo = read_parquet(stage_path(cfg, "pseudo_texts", "pseudo_texts.parquet"))
+        items = read_parquet(stage_path(cfg, "sequences", "items.parquet"))
+        vectors = np.load(stage_path(cfg, "item_text_embeddings", "embeddings.npy"))
+        table, stats = ground_pseudo_texts(pseudo, items, cfg, resolve_device(cfg.device), item_embeddings=vectors)
+        with atomic_dir(out_dir) as tmp:
+            write_parquet(table, tmp / "grounded_items.parquet")
+        return dg.MaterializeResult(metadata={**table_metadata(table, out_dir / "grounded_items.parquet"), **stats_metadata(stats)})
+
+    @stage_asset(
+        cfg, "pseudo_overlap_sequences", deps=["grounded_items", "sequences"], group="language", kinds={"python", "parquet"},
+        description="Source sequences of single-domain users with their grounded target items inserted at random, "
+        "seeded positions (Ŝ_i^A); `is_pseudo` marks the inserted positions.",
+    )
+    def pseudo_overlap_sequences(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
+        from lgcd_core.io import atomic_dir, read_parquet, write_parquet
+        from lgcd_core.language.pseudo_overlap import build_pseudo_overlap
+
+        sequences = read_parquet(stage_path(cfg, "sequences", "sequences.parquet"))
+        grounded = read_parquet(stage_path(cfg, "grounded_items", "grounded_items.parquet"))
+        table, stats = build_pseudo_overlap(sequences, grounded, cfg.pseudo_overlap)
+        with atomic_dir(out_dir) as tmp:
+            write_parquet(table, tmp / "pseudo_overlap_sequences.parquet")
+        return dg.MaterializeResult(
+            metadata={**table_metadata(table, out_dir / "pseudo_overlap_sequences.parquet"), **stats_metadata(stats)}
+        )
+
+    return [item_text_embeddings, pseudo_texts, grounded_items, pseudo_overlap_sequences]

@@ -1,0 +1,24 @@
+"""Dagster definitions: one copy of the LGCD asset graph per `datasets/<name>.yaml`.
+
+Loading this module reads the YAML files and the stage source files (for code versions) only; it
+never imports torch, transformers or faiss, so the UI and the CLI start fast.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from lgcd_core.config import DatasetConfig, discover_datasets
+from lgcd_pipeline.assets import data, evaluation, language, model
+
+
+def dataset_assets(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
+    """Every stage of one dataset, keyed `<name>/<stage>`."""
+    return [*data.build(cfg), *language.build(cfg), *model.build(cfg), *evaluation.build(cfg)]
+
+
+def build_definitions(configs: list[DatasetConfig]) -> dg.Definitions:
+    return dg.Definitions(assets=[asset for cfg in configs for asset in dataset_assets(cfg)])
+
+
+defs = build_definitions(discover_datasets())
