@@ -1,0 +1,56 @@
+"""Dataset YAML validation and stage hashing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_YAML, write_dataset_yaml
+from lgcd_core.config import ConfigError, DatasetConfig, discover_datasets, load_dataset_config
+
+REPO_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
+
+
+def test_shipped_datasets_load() -> None:
+    names = {cfg.name for cfg in discover_datasets(REPO_DATASETS)}
+    assert {"demo", "food_kitchen", "movie_book", "amazon_movies_books"} <= names
+
+
+def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
+    path = write_dataset_yaml(tmp_path, "bad", {**TINY_YAML, "filter": {"k_cor": 5}})
+    with pytest.raises(ConfigError) as err:
+        load_dataset_config(path)
+    assert "bad.yaml" in str(err.value) and "filter.k_cor" in str(err.value)
+
+
+def test_wrong_type_names_field(tmp_path: Path) -> None:
+    path = write_dataset_yaml(tmp_path, "bad", {**TINY_YAML, "grounding": {"n_k": "ten"}})
+    with pytest.raises(ConfigError, match=r"grounding\.n_k"):
+        load_dataset_config(path)
+
+
+def test_missing_data_path_loads(tmp_path: Path) -> None:
+    content = {"source": {"format": "llmcdsr", "path": str(tmp_path / "nowhere")}, "domains": {"A": "a", "B": "b"}}
+    cfg = load_dataset_config(write_dataset_yaml(tmp_path, "absent", content))
+    assert not cfg.source_dir().exists()
+
+
+def test_path_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    content = {"source": {"format": "llmcdsr", "path": "x", "path_env": "LGCD_TEST_DIR"}, "domains": {"A": "a", "B": "b"}}
+    monkeypatch.setenv("LGCD_TEST_DIR", str(tmp_path))
+    assert load_dataset_config(write_dataset_yaml(tmp_path, "env", content)).source_dir() == tmp_path
+
+
+def test_stage_hash_changes_only_with_its_section() -> None:
+    base = DatasetConfig.model_validate({"name": "t", **TINY_YAML})
+    changed = DatasetConfig.model_validate({"name": "t", **TINY_YAML, "filter": {"k_core": 3}})
+    assert base.stage_hash("filtered_interactions") != changed.stage_hash("filtered_interactions")
+    for stage in ("raw_interactions", "sequences", "pseudo_texts", "lgcd_model"):
+        assert base.stage_hash(stage) == changed.stage_hash(stage)
+
+
+def test_amazon_source_requires_files(tmp_path: Path) -> None:
+    content = {"source": {"format": "amazon", "path": "x", "amazon_version": 2018}, "domains": {"A": "a", "B": "b"}}
+    with pytest.raises(ConfigError, match="files"):
+        load_dataset_config(write_dataset_yaml(tmp_path, "amz", content))

@@ -1,0 +1,46 @@
+"""The Dagster definitions: one graph per dataset, cheap to import, every asset documented."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from lgcd_core.config import DatasetConfig
+from lgcd_pipeline.definitions import build_definitions, defs
+from lgcd_pipeline.versions import STAGES
+
+from conftest import TINY_YAML
+
+
+def test_importing_definitions_does_not_import_heavy_libraries() -> None:
+    code = (
+        "import sys, lgcd_pipeline.definitions\n"
+        "heavy = [m for m in ('torch', 'transformers', 'faiss', 'sentence_transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_one_graph_per_dataset_with_prefixed_keys() -> None:
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    for name in ("demo", "food_kitchen", "movie_book", "amazon_movies_books"):
+        assert {f"{name}/{stage}" for stage in STAGES} <= keys
+
+
+def test_every_asset_has_description_group_kinds_and_code_version() -> None:
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description, key
+        assert node.group_name in {"data", "language", "model", "evaluation"}, key
+        assert node.kinds, key
+        assert node.code_version, key
+
+
+def test_dependencies_stay_within_a_dataset() -> None:
+    cfg = DatasetConfig.model_validate({"name": "tiny", **TINY_YAML})
+    graph = build_definitions([cfg]).resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        assert all(parent.path[0] == "tiny" for parent in graph.get(key).parent_keys)
+    evaluation = graph.get(next(k for k in graph.get_all_asset_keys() if k.path[1] == "evaluation"))
+    assert len(graph.get_ancestor_asset_keys(evaluation.key)) == len(STAGES) - 1
