@@ -47,6 +47,23 @@ def _source_hash(stage: str) -> str:
     return digest.hexdigest()[:10]
 
 
+def _referenced_files_hash(cfg: DatasetConfig, stage: str) -> str:
+    """Content of files the YAML points at (custom prompt templates): editing one is a config change."""
+    if stage != "pseudo_texts":
+        return ""
+    from lgcd_core.language.prompts import template_path
+
+    digest = hashlib.sha256()
+    for name, direction in ((cfg.llm.template_a_to_b, "a_to_b"), (cfg.llm.template_b_to_a, "b_to_a")):
+        path = template_path(name, direction)
+        digest.update(path.read_bytes() if path.is_file() else b"<missing>")
+    return "-" + digest.hexdigest()[:8]
+
+
 def code_version(cfg: DatasetConfig, stage: str) -> str:
-    """`<code hash>-<config hash>`: changes when the stage's code or its YAML section changes."""
-    return f"{_source_hash(stage)}-{cfg.stage_hash(stage)}"
+    """`<code hash>-<config hash>`: changes when the stage's code or its YAML section changes.
+
+    For `pseudo_texts` the content of the prompt templates is part of the version too, so editing a
+    template file in place is seen like editing the YAML.
+    """
+    return f"{_source_hash(stage)}-{cfg.stage_hash(stage)}{_referenced_files_hash(cfg, stage)}"

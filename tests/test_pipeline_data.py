@@ -38,7 +38,8 @@ def test_missing_source_fails_at_first_asset_with_clear_error(tiny_env: Path, tm
     result = materialize(["raw_interactions"], dg.DagsterInstance.ephemeral(), dataset="absent", raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "nowhere" in failure.step_failure_data.error.message
+    error = failure.step_failure_data.error
+    assert "nowhere" in error.cause.message and "FileNotFoundError" in error.cause.cls_name
     assert not (tiny_env / "data" / "absent" / "raw_interactions").exists()
     # the other dataset is unaffected
     assert materialize(["raw_interactions"], dg.DagsterInstance.ephemeral()).success

@@ -31,7 +31,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         "(user_id, item_id, domain, timestamp, split_hint, origin).",
     )
     def raw_interactions(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
-        from lgcd_core.data.readers import read_interactions
+        from lgcd_core.data.readers import read_interactions, table_stats
         from lgcd_core.io import atomic_dir, write_parquet
 
         context.log.info(f"reading {cfg.source.format} data from {cfg.source_dir()}")
@@ -39,7 +39,11 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         with atomic_dir(out_dir) as tmp:
             write_parquet(table, tmp / "interactions.parquet")
         return dg.MaterializeResult(
-            metadata={**table_metadata(table, out_dir / "interactions.parquet"), **stats_metadata(_domain_summary(table))}
+            metadata={
+                **table_metadata(table, out_dir / "interactions.parquet"),
+                **stats_metadata(_domain_summary(table)),
+                **stats_metadata(table_stats(table)),
+            }
         )
 
     @stage_asset(
@@ -47,7 +51,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         description="Item metadata (title, brand, categories) and the text each item is encoded from.",
     )
     def raw_items(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
-        from lgcd_core.data.readers import read_items
+        from lgcd_core.data.readers import read_items, table_stats
         from lgcd_core.io import atomic_dir, read_parquet, write_parquet
 
         interactions = read_parquet(stage_path(cfg, "raw_interactions", "interactions.parquet"))
@@ -55,7 +59,9 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         with atomic_dir(out_dir) as tmp:
             write_parquet(table, tmp / "items.parquet")
         per_domain = {f"items_{d}": int(sum(x == d for x in table["domain"].to_pylist())) for d in ("A", "B")}
-        return dg.MaterializeResult(metadata={**table_metadata(table, out_dir / "items.parquet"), **stats_metadata(per_domain)})
+        return dg.MaterializeResult(
+            metadata={**table_metadata(table, out_dir / "items.parquet"), **stats_metadata({**per_domain, **table_stats(table)})}
+        )
 
     @stage_asset(
         cfg, "filtered_interactions", deps=["raw_interactions", "raw_items"], group="data", kinds={"python", "parquet"},
@@ -65,6 +71,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
     )
     def filtered_interactions(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
         from lgcd_core.data.kcore import apply_filters
+        from lgcd_core.data.readers import table_stats
         from lgcd_core.data.sequences import check_kcore
         from lgcd_core.io import atomic_dir, read_parquet, write_parquet
 
@@ -76,6 +83,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
             write_parquet(table, tmp / "interactions.parquet")
         summary = _domain_summary(table)
         summary["removed_interactions"] = int(interactions.num_rows - table.num_rows)
+        summary.update(table_stats(table))
         return dg.MaterializeResult(
             metadata={**table_metadata(table, out_dir / "interactions.parquet"), **stats_metadata(summary)},
             check_results=[dg.AssetCheckResult(check_name="k_core_holds", passed=passed, metadata=stats_metadata(detail))],
