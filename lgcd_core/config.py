@@ -47,16 +47,24 @@ class SyntheticSpec(_Section):
     """Size and shape of the synthetic demo data (see lgcd_core.data.synthetic)."""
 
     seed: int = 7
-    n_tastes: int = 6
-    n_items_a: int = 300
-    n_items_b: int = 400
-    n_overlap_users: int = 300
-    n_a_only_users: int = 250
-    n_b_only_users: int = 250
-    min_len: int = 5
-    max_len: int = 14
-    zipf_exponent: float = 1.1
-    taste_purity: float = 0.8
+    n_tastes: int = Field(default=6, ge=2, le=8)
+    n_items_a: int = Field(default=300, ge=2)
+    n_items_b: int = Field(default=400, ge=2)
+    n_overlap_users: int = Field(default=300, ge=0)
+    n_a_only_users: int = Field(default=250, ge=0)
+    n_b_only_users: int = Field(default=250, ge=0)
+    min_len: int = Field(default=5, ge=1)
+    max_len: int = Field(default=14, ge=1)
+    zipf_exponent: float = Field(default=1.1, ge=0.0)
+    taste_purity: float = Field(default=0.8, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "SyntheticSpec":
+        if self.min_len > self.max_len:
+            raise ValueError("min_len must not exceed max_len")
+        if self.max_len > min(self.n_items_a, self.n_items_b):
+            raise ValueError("max_len must not exceed the item count of either domain")
+        return self
 
 
 class SourceConfig(_Section):
@@ -182,7 +190,11 @@ class LLMConfig(_Section):
 
 
 class GroundingConfig(_Section):
-    """FAISS grounding of pseudo descriptions to real target items (eq. 5-6)."""
+    """FAISS grounding of pseudo descriptions to real target items (eq. 5-6).
+
+    ``merge``: how a user's per-description top lists become n_k items; ``unusable``: what happens to
+    users whose answer has no description (see lgcd_core.language.grounding).
+    """
 
     n_k: int = Field(default=10, ge=1)
     per_description_k: int | None = Field(default=None, ge=1)
@@ -213,6 +225,7 @@ class PretrainConfig(_Section):
     epochs: int = Field(default=30, ge=1)
     patience: int = Field(default=5, ge=1)
     seed: int = 0
+    bf16: bool = False  # bf16 autocast on CUDA
 
 
 class LGCDConfig(_Section):
@@ -241,6 +254,26 @@ class LGCDConfig(_Section):
     guesser: bool = True
     moe: bool = True
     cyclic_batches: bool = True
+    # Choices where the paper is ambiguous (docs/method.md explains each)
+    max_len: int = Field(default=50, ge=2)
+    targets: Literal["all", "last_per_domain", "last"] = "all"
+    condition_tokens: Literal["sequence", "last"] = "sequence"
+    pseudo_condition: Literal["id_fused", "id_raw", "full"] = "id_fused"
+    x0_when_empty: Literal["skip", "zero"] = "skip"
+    align_on: Literal["pseudo", "overlap", "both"] = "pseudo"
+    guess_on: Literal["overlap", "both"] = "overlap"
+    schedule: Literal["sqrt_linear", "linear"] = "sqrt_linear"
+    train_reverse: Literal["full", "one_step"] = "full"
+    reverse_grad_steps: int = Field(default=1, ge=1)
+    reverse_noise: bool = False
+    diff_weight: float = Field(default=1.0, ge=0)
+    guess_weight: float = Field(default=1.0, ge=0)
+    align_weight: float = Field(default=1.0, ge=0)
+    pseudo_rec_weight: float = Field(default=1.0, ge=0)
+    encoder_lr: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    bf16: bool = False
+    eval_batch_size: int = Field(default=512, ge=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,13 +309,13 @@ class BaselineSASRecConfig(_Section):
     n_heads: int = Field(default=1, ge=1)
     max_len: int = Field(default=50, ge=2)
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
-    lr: float = Field(default=1e-3, gt=0)
+    lr: float = Field(default=5e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
-    batch_size: int = Field(default=128, ge=1)
-    max_epochs: int = Field(default=40, ge=1)
-    patience: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    max_epochs: int = Field(default=15, ge=1)
+    patience: int = Field(default=2, ge=1)
     eval_every: int = Field(default=1, ge=1)
-    train_negatives: int | None = Field(default=None, ge=1)
+    train_negatives: int | None = Field(default=1000, ge=1)
     selection_setting: Literal["inter_domain", "mixed_history"] = "mixed_history"
 
 

@@ -29,8 +29,8 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "pseudo_texts": ("language/pseudo_text.py", "language/prompts.py", "language/parsing.py", "language/llm_backends.py", "templates/a_to_b.txt", "templates/b_to_a.txt"),
     "grounded_items": ("language/grounding.py", "language/text_encoder.py"),
     "pseudo_overlap_sequences": ("language/pseudo_overlap.py",),
-    "pretrained_encoders": ("model/sasrec.py", "model/encoders.py", "model/pretrain.py"),
-    "lgcd_model": ("model/sasrec.py", "model/encoders.py", "model/diffusion.py", "model/lgcd.py", "model/sampler.py", "model/train_lgcd.py"),
+    "pretrained_encoders": ("model/sasrec.py", "model/encoders.py", "model/batches.py", "model/pretrain.py"),
+    "lgcd_model": ("model/sasrec.py", "model/encoders.py", "model/batches.py", "model/diffusion.py", "model/lgcd.py", "model/sampler.py", "model/scoring.py", "model/train_lgcd.py"),
     "evaluation": ("evaluation/metrics.py", "evaluation/candidates.py", "evaluation/settings.py", "evaluation/evaluate.py", "evaluation/baselines.py", "evaluation/run.py", "model/scoring.py"),
 }
 

@@ -68,8 +68,11 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
 
         pseudo = read_parquet(stage_path(cfg, "pseudo_texts", "pseudo_texts.parquet"))
         items = read_parquet(stage_path(cfg, "sequences", "items.parquet"))
+        sequences = read_parquet(stage_path(cfg, "sequences", "sequences.parquet"))
         vectors = np.load(stage_path(cfg, "item_text_embeddings", "embeddings.npy"))
-        table, stats = ground_pseudo_texts(pseudo, items, cfg, resolve_device(cfg.device), item_embeddings=vectors)
+        table, stats = ground_pseudo_texts(
+            pseudo, items, cfg, resolve_device(cfg.device), item_embeddings=vectors, sequences=sequences
+        )
         with atomic_dir(out_dir) as tmp:
             write_parquet(table, tmp / "grounded_items.parquet")
         return dg.MaterializeResult(metadata={**table_metadata(table, out_dir / "grounded_items.parquet"), **stats_metadata(stats)})

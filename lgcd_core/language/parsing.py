@@ -1,0 +1,92 @@
+"""Parse a raw LLM answer into item descriptions (the pseudo texts of paper eq. 4).
+
+Rules, in order:
+1. Split into lines; a line holding an inline list ("1. Tea 2. Mug 3. Jam") is split at its numbers.
+2. A line is a *list line* when it starts with a number ("1.", "1)", "(1)", "1:", "[1]") or a bullet
+   ("-", "*", "•", "+"). If the answer has list lines, only they are kept: unmarked lines are prose
+   (preambles like "Sure! Here are...", closing remarks). Otherwise every line is a candidate, and a
+   single line is also split at semicolons.
+3. Each candidate loses its marker, surrounding quotes and trailing punctuation (markdown emphasis,
+   backticks and heading marks are removed from every line first); whitespace is collapsed; it is cut to ``MAX_CHARS``.
+4. A candidate is dropped when it is a preamble (ends with ':' or opens with "Sure", "Here are",
+   "Based on", ...), has fewer than three letters, is mostly symbols, repeats an earlier one
+   (case and punctuation ignored), or repeats one of ``exclude`` (e.g. the user's own history).
+
+An answer with no description left is unusable; the caller records it, never drops it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+MAX_CHARS = 200
+_NUMBER = r"(?:\(\d{1,3}\)|\[\d{1,3}\]|\d{1,3}[.):\]](?!\d))"
+_MARKER = re.compile(rf"^\s*(?:{_NUMBER}|[-*•+·]\s)\s*")
+_INLINE_SPLIT = re.compile(rf"\s+(?={_NUMBER}\s+\S)")
+_EMPHASIS = re.compile(r"\*\*|__|`|^\s*#{1,6}\s+|(?<=\w)\*|\*(?=\w)")
+_PREAMBLE = re.compile(
+    r"^(?:sure|certainly|of course|okay|ok|absolutely|here(?:'s| are| is)|based on|given|i (?:would|think|hope|"
+    r"recommend|suggest|can)|as an ai|note|these (?:are|products|items)|this shopper|the shopper|in summary)\b",
+    re.IGNORECASE,
+)
+_QUOTES = "\"'“”‘’«»"
+
+
+def _split_lines(answer: str) -> list[str]:
+    lines = []
+    for line in (_EMPHASIS.sub("", raw) for raw in answer.splitlines()):
+        if _MARKER.match(line):
+            lines.extend(_INLINE_SPLIT.split(line.strip()))
+        else:
+            lines.append(line)
+    return [line for line in lines if line.strip()]
+
+
+def _clean(text: str) -> str:
+    text = _MARKER.sub("", text, count=1)
+    text = " ".join(text.split())
+    previous = None
+    while previous != text:
+        previous = text
+        text = text.strip(_QUOTES + " ").rstrip(".,;:!").strip()
+    return text[:MAX_CHARS].rstrip()
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^0-9a-z]+", " ", text.lower()).strip()
+
+
+def _is_description(text: str, raw: str) -> bool:
+    letters = sum(c.isalpha() for c in text)
+    wordish = sum(c.isalnum() or c.isspace() for c in text)
+    return (
+        letters >= 3
+        and wordish >= 0.6 * len(text)
+        and not raw.rstrip().rstrip("*").endswith(":")
+        and not _PREAMBLE.match(text)
+    )
+
+
+def parse_descriptions(answer: str, max_items: int | None = None, exclude: Iterable[str] = ()) -> list[str]:
+    """Item descriptions from one answer, in answer order, without duplicates (possibly empty)."""
+    lines = _split_lines(answer or "")
+    listed = [line for line in lines if _MARKER.match(line)]
+    if listed:
+        candidates = listed
+    elif len(lines) == 1:
+        candidates = lines[0].split(";")
+    else:
+        candidates = lines
+    seen = {_norm(text) for text in exclude}
+    out: list[str] = []
+    for raw in candidates:
+        text = _clean(raw)
+        key = _norm(text)
+        if not _is_description(text, raw) or key in seen:
+            continue
+        seen.add(key)
+        out.append(text)
+        if max_items is not None and len(out) >= max_items:
+            break
+    return out

@@ -1,0 +1,158 @@
+"""The ``pseudo_texts`` stage: one LLM answer per single-domain user (paper eq. 4).
+
+For each A-only (B-only) user, the prompt lists the text of their most recent ``history_items``
+source items and asks for ``n_descriptions`` target-domain items. Answers come from the generation
+cache when present; the rest are generated shortest prompt first (so batches pad little) and saved
+after every batch, so a killed run resumes where it stopped. Each answer is parsed into item
+descriptions; an answer with none is kept with ``usable=False``.
+
+A request that still fails after the backend's retries is never cached. With ``llm.on_failure:
+raise`` (default) the stage raises :class:`GenerationError` once every other answer is saved, so a
+re-run retries only the failed requests; with ``unusable`` the user is kept with an empty answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from lgcd_core.config import DatasetConfig
+from lgcd_core.language.generation_cache import GenerationCache, cache_key
+from lgcd_core.language.llm_backends import Answer, LLMBackend, make_backend
+from lgcd_core.language.parsing import parse_descriptions
+from lgcd_core.language.prompts import display_text, load_template, render_prompt
+
+SINGLE_DOMAIN = {"A-only": ("A", "B"), "B-only": ("B", "A")}
+
+SCHEMA = pa.schema([
+    ("user_idx", pa.int32()),
+    ("source_domain", pa.string()),
+    ("target_domain", pa.string()),
+    ("prompt", pa.string()),
+    ("answer", pa.string()),
+    ("descriptions", pa.list_(pa.string())),
+    ("usable", pa.bool_()),
+    ("cache_key", pa.string()),
+])
+
+
+class GenerationError(RuntimeError):
+    """Some requests failed after all retries (everything else is saved; a re-run retries only those)."""
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    user_idx: int
+    source_domain: str
+    target_domain: str
+    prompt: str
+    history: list[str]  # the history texts as shown in the prompt
+    key: str
+
+
+def select_users(sequences: pa.Table, max_users: int | None, seed: int) -> list[dict]:
+    """Single-domain users (rows of ``sequences``), all of them or a seeded sample of ``max_users``."""
+    rows = [r for r in sequences.select(["user_idx", "user_type", "items"]).to_pylist() if r["user_type"] in SINGLE_DOMAIN]
+    if max_users is not None and max_users < len(rows):
+        chosen = np.random.default_rng(seed).choice(len(rows), size=max_users, replace=False)
+        rows = [rows[i] for i in sorted(chosen)]
+    return rows
+
+
+def build_requests(cfg: DatasetConfig, items: pa.Table, users: list[dict], backend: LLMBackend) -> list[PromptRequest]:
+    """One rendered prompt (and its cache key) per user."""
+    llm = cfg.llm
+    texts = items.column("text").to_pylist()
+    domains = items.column("domain").to_pylist()
+    templates = {"A": load_template(llm.template_a_to_b, "a_to_b"), "B": load_template(llm.template_b_to_a, "b_to_a")}
+    names = {"A": cfg.domains.A, "B": cfg.domains.B}
+    requests = []
+    for user in users:
+        source, target = SINGLE_DOMAIN[user["user_type"]]
+        own = [i for i in user["items"] if domains[i - 1] == source][-llm.history_items :]
+        history = [display_text(texts[i - 1] or "", llm.max_item_chars) for i in own]
+        prompt = render_prompt(templates[source], names[source], names[target], history, llm.n_descriptions)
+        key = cache_key(backend.model_id, templates[source], prompt, backend.settings)
+        requests.append(PromptRequest(user["user_idx"], source, target, prompt, history, key))
+    return requests
+
+
+def _eta(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(max(seconds, 0.0)))
+
+
+def generate_missing(
+    requests: list[PromptRequest], backend: LLMBackend, cache: GenerationCache, batch_size: int,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Answer], dict]:
+    """Generate every prompt not in the cache, saving each group; returns failures by key and timing."""
+    pending = {r.key: r.prompt for r in requests if r.key not in cache}
+    order = sorted(pending, key=lambda k: len(pending[k]))
+    prompts = [pending[k] for k in order]
+    failures: dict[str, Answer] = {}
+    done = tokens = 0
+    start = time.perf_counter()
+    for group in backend.stream(prompts, batch_size):
+        saved = [{"key": order[i], "answer": a.text, "n_tokens": a.n_tokens} for i, a in group if a.error is None]
+        cache.append(saved)
+        failures.update({order[i]: a for i, a in group if a.error is not None})
+        done += len(group)
+        tokens += sum(a.n_tokens for _, a in group)
+        elapsed = time.perf_counter() - start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        log(f"pseudo_texts: {done}/{len(prompts)} prompts, {rate:.2f} users/s, "
+            f"{tokens / max(elapsed, 1e-9):.1f} tokens/s, ETA {_eta((len(prompts) - done) / rate if rate else 0)}")
+    elapsed = time.perf_counter() - start
+    timing = {"generated": len(prompts) - len(failures), "failed": len(failures), "tokens_generated": tokens,
+              "generation_s": round(elapsed, 2),
+              "tokens_per_s": round(tokens / elapsed, 2) if prompts and elapsed > 0 else None,
+              "users_per_s": round(len(prompts) / elapsed, 3) if prompts and elapsed > 0 else None}
+    return failures, timing
+
+
+def assemble(requests: list[PromptRequest], cache: GenerationCache, n_descriptions: int) -> pa.Table:
+    """The ``pseudo_texts`` table, one row per request; failed requests have an empty answer and usable=False."""
+    rows = []
+    for r in sorted(requests, key=lambda r: r.user_idx):
+        record = cache.get(r.key)
+        answer = record["answer"] if record is not None else ""
+        descriptions = parse_descriptions(answer, n_descriptions, exclude=r.history) if record is not None else []
+        rows.append({"user_idx": r.user_idx, "source_domain": r.source_domain, "target_domain": r.target_domain,
+                     "prompt": r.prompt, "answer": answer, "descriptions": descriptions,
+                     "usable": bool(descriptions), "cache_key": r.key})
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def generate_pseudo_texts(
+    cfg: DatasetConfig, items: pa.Table, sequences: pa.Table, cache_dir: Path, device: str,
+    log: Callable[[str], None] = print, *, backend: LLMBackend | None = None,
+) -> tuple[pa.Table, dict]:
+    """Run the stage; ``backend`` overrides the one named in the YAML (tests, benchmarks)."""
+    llm = cfg.llm
+    n_single = sum(t in SINGLE_DOMAIN for t in sequences.column("user_type").to_pylist())
+    users = select_users(sequences, llm.max_users, llm.sample_seed)
+    cache = GenerationCache(Path(cache_dir))
+    backend = backend or make_backend(llm, device)
+    requests = build_requests(cfg, items, users, backend)
+    unique = {r.key for r in requests}
+    cached = sum(key in cache for key in unique)
+    log(f"pseudo_texts: {len(requests)} users ({n_single} single-domain), {cached}/{len(unique)} answers cached")
+    failures, timing = generate_missing(requests, backend, cache, llm.batch_size, log)
+    if failures and llm.on_failure == "raise":
+        first = next(iter(failures.values())).error
+        raise GenerationError(f"{len(failures)} of {len(unique)} requests failed after retries (first: {first}); "
+                              f"{len(cache)} answers are saved in {cache_dir}: re-run to retry only the failed ones")
+    table = assemble(requests, cache, llm.n_descriptions)
+    unusable = len(table) - sum(table.column("usable").to_pylist())
+    stats = {
+        "n_users": len(requests), "n_single_domain_users": n_single, "max_users": llm.max_users,
+        "sample_seed": llm.sample_seed, "cached": cached, **timing,
+        "unusable": unusable, "unusable_share": round(unusable / len(table), 4) if len(table) else 0.0,
+        "backend": llm.backend, "model": backend.model_id,
+    }
+    return table, stats

@@ -1,0 +1,386 @@
+"""LGCD's conditional diffusion preference generator and MoE fusion (paper eq. 7-27).
+
+One :class:`LGCDModel` holds the two pretrained :class:`DomainEncoder` s and one
+:class:`DirectionHead` per direction ("AB" = A->B, "BA" = B->A). Shapes: B rows (users), Ls source
+slots, Lt target slots, N selected (row, target slot) pairs, d hidden size, h heads.
+
+Training rows carry several L_rec targets (every target-domain item with a source item before it,
+see ``LGCDConfig.targets``); the condition of a target uses only the source items before it and x0
+only the target-domain items before it, so one pass of the (causal) encoders serves all targets of a
+row. Inference is the same path with one query after the whole source history.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lgcd_core.config import LGCDConfig
+from lgcd_core.model.batches import NEVER, PSEUDO, other
+from lgcd_core.model.diffusion import DiffusionSchedule
+from lgcd_core.model.encoders import DomainEncoder
+
+
+def _mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over masked rows of the mean squared error over the feature dimension (0 if none)."""
+    per_row = (a - b).pow(2).mean(-1)
+    m = mask.to(per_row.dtype)
+    return (per_row * m).sum() / m.sum().clamp(min=1.0)
+
+
+class TimeEmbedding(nn.Module):
+    """e_t of eq. 12: sinusoidal features of t followed by an MLP."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.d = d
+        self.mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.d // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        ang = t.float()[:, None] * freqs[None]
+        emb = torch.cat([ang.sin(), ang.cos()], dim=-1)
+        if emb.shape[-1] < self.d:
+            emb = F.pad(emb, (0, self.d - emb.shape[-1]))
+        return self.mlp(emb)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of one query vector per row over its condition tokens (eq. 13)."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if d % n_heads:
+            raise ValueError(f"d={d} must be divisible by n_heads={n_heads}")
+        self.h, self.dh = n_heads, d // n_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.dropout = dropout
+
+    def kv(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the condition tokens, computed once per batch: (B, L, d) -> 2 x (B, h, L, dh)."""
+        b, length, _ = z.shape
+        k = self.k(z).view(b, length, self.h, self.dh).transpose(1, 2)
+        v = self.v(z).view(b, length, self.h, self.dh).transpose(1, 2)
+        return k, v
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """x: (N, d) queries; k, v: (N, h, L, dh); allowed: (N, L) bool -> (N, d).
+
+        One query per row, so the attention is two broadcast products (cheaper than batched matmuls
+        of 1-row matrices); every row must allow at least one key.
+        """
+        n = x.shape[0]
+        q = self.q(x).view(n, self.h, 1, self.dh)
+        logits = (q * k).sum(-1) * self.dh ** -0.5  # (N, h, L)
+        logits = logits.masked_fill(~allowed[:, None, :], float("-inf"))
+        att = torch.softmax(logits, dim=-1)
+        if self.training and self.dropout > 0:
+            att = F.dropout(att, self.dropout)
+        y = (att.unsqueeze(-1) * v).sum(2)  # (N, h, dh)
+        return self.o(y.reshape(n, self.h * self.dh))
+
+
+class Denoiser(nn.Module):
+    """x0-predicting denoiser f_θ(x_t, t, Z^cond) (eq. 12-16).
+
+    x̃ = x_t + e_t (12); x̃ = CrossAttn(x̃, Z, Z) (13); x¹ = x̃ + x_t (14); x² = x¹ + FFN(x¹) (15);
+    x̂0 = x² (16). LayerNorms before the attention query and the FFN (pre-LN) keep the noisy inputs
+    of every t on one scale; they are our addition.
+    """
+
+    def __init__(self, d: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.time = TimeEmbedding(d)
+        self.ln_q = nn.LayerNorm(d)
+        self.attn = CrossAttention(d, n_heads, dropout)
+        self.ln_f = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | int, k: torch.Tensor, v: torch.Tensor,
+                allowed: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x_t.device)
+        e_t = self.time(t.reshape(-1))  # (N, d), or (1, d) for one shared step (broadcast)
+        x_tilde = x_t + e_t  # eq. 12
+        x_tilde = self.attn(self.ln_q(x_tilde), k, v, allowed)  # eq. 13
+        x1 = x_tilde + x_t  # eq. 14
+        return x1 + self.ffn(self.ln_f(x1))  # eq. 15-16
+
+
+class MoEFusion(nn.Module):
+    """h_final = Σ_n α_n Expert_n([h_cond ; h_rev]), α = softmax(W_gate h_cond) (eq. 23-24).
+
+    Experts are two-layer MLPs 2d -> d -> d, evaluated together with one einsum.
+    """
+
+    def __init__(self, d: int, n_experts: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(d, n_experts)
+        self.w1 = nn.Parameter(torch.randn(n_experts, 2 * d, d) * (2 * d) ** -0.5)
+        self.b1 = nn.Parameter(torch.zeros(n_experts, d))
+        self.w2 = nn.Parameter(torch.randn(n_experts, d, d) * d ** -0.5)
+        self.b2 = nn.Parameter(torch.zeros(n_experts, d))
+
+    def gates(self, h_cond: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.gate(h_cond), dim=-1)  # eq. 23, (N, E)
+
+    def forward(self, h_cond: torch.Tensor, h_rev: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([h_cond, h_rev], dim=-1)  # (N, 2d)
+        hid = F.gelu(torch.einsum("ni,eij->nej", x, self.w1) + self.b1)  # (N, E, d)
+        out = torch.einsum("nej,ejk->nek", hid, self.w2) + self.b2  # (N, E, d)
+        return (self.gates(h_cond).unsqueeze(-1) * out).sum(1)  # eq. 24
+
+
+class LinearFusion(nn.Module):
+    """The 'w/o MoE' ablation: one linear layer on [h_cond ; h_rev]."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2 * d, d)
+
+    def forward(self, h_cond: torch.Tensor, h_rev: torch.Tensor) -> torch.Tensor:
+        return self.lin(torch.cat([h_cond, h_rev], dim=-1))
+
+
+class DirectionHead(nn.Module):
+    """Denoiser, guesser g (eq. 18) and fusion of one direction."""
+
+    def __init__(self, cfg: LGCDConfig, d: int) -> None:
+        super().__init__()
+        self.denoiser = Denoiser(d, cfg.n_heads, cfg.dropout)
+        self.guesser = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))  # eq. 18
+        self.fusion = MoEFusion(d, cfg.n_experts) if cfg.moe else LinearFusion(d)
+
+
+class LGCDModel(nn.Module):
+    def __init__(self, cfg: LGCDConfig, encoders: dict[str, DomainEncoder]) -> None:
+        super().__init__()
+        d = encoders["A"].spec.d
+        if encoders["B"].spec.d != d:
+            raise ValueError("both domain encoders must have the same d")
+        self.cfg = cfg
+        self.d = d
+        self.enc = nn.ModuleDict(encoders)
+        self.heads = nn.ModuleDict({"AB": DirectionHead(cfg, d), "BA": DirectionHead(cfg, d)})
+        self.schedule = DiffusionSchedule(cfg.T, cfg.beta_min, cfg.beta_max, cfg.schedule)
+        self._item_cache: dict[str, torch.Tensor] = {}
+        if cfg.freeze_encoders:
+            self.enc.requires_grad_(False)
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> "LGCDModel":
+        super().train(mode)
+        if self.cfg.freeze_encoders:
+            self.enc.eval()  # frozen encoders: no dropout either
+        self._item_cache.clear()
+        return self
+
+    def trainable_parameters(self) -> list[dict]:
+        groups = [{"params": list(self.heads.parameters()), "lr": self.cfg.lr}]
+        if not self.cfg.freeze_encoders:
+            groups.append({"params": list(self.enc.parameters()), "lr": self.cfg.encoder_lr})
+        return groups
+
+    def lam(self, target: str) -> float:
+        return self.cfg.lambda_A if target == "A" else self.cfg.lambda_B
+
+    def target_items(self, target: str) -> torch.Tensor:
+        """E_fusion of the target domain (eq. 25), cached while it cannot change."""
+        if self.cfg.freeze_encoders or not torch.is_grad_enabled():
+            if target not in self._item_cache:
+                with torch.no_grad():
+                    self._item_cache[target] = self.enc[target].item_fusion()
+            return self._item_cache[target]
+        return self.enc[target].item_fusion()
+
+    # ---- condition (eq. 8) and target feature (eq. 7) -----------------------------------------
+
+    def condition_tokens(self, source: str, src: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
+        """Per-position condition Z of the source sequence: (B, Ls) -> (B, Ls, d).
+
+        Real overlap rows: f_fusion(h^ID ⊕ h^text) (eq. 8). Pseudo rows (``pseudo_condition``):
+        'id_fused' = the same fusion with the text half zeroed, 'id_raw' = h^ID itself,
+        'full' = same as real rows.
+        """
+        enc = self.enc[source]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_encoders):
+            h_id = enc.encode_id(src)
+            h_text = enc.encode_text(src)
+            z = enc.fuse(h_id, h_text)
+            if self.cfg.pseudo_condition != "full" and bool(pseudo.any()):
+                z_id = enc.fuse_id_only(h_id) if self.cfg.pseudo_condition == "id_fused" else h_id
+                z = torch.where(pseudo[:, None, None], z_id, z)
+        return z
+
+    def target_features(self, target: str, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 = h^tgt = Encoder_text^target(items before each target slot) (eq. 7).
+
+        (B, Lt) -> x0 (B, Lt, d), has_x0 (B, Lt): slot k reads the text encoder at slot k-1 (the
+        causal encoder has seen only target-domain items before slot k, never the target itself).
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_encoders):
+            h = self.enc[target].encode_text(tgt)
+        x0 = F.pad(h[:, :-1], (0, 0, 1, 0))
+        has = F.pad(tgt[:, :-1] != 0, (1, 0), value=False)
+        return x0, has
+
+    # ---- reverse process (eq. 18-20) ---------------------------------------------------------
+
+    def reverse(self, head: DirectionHead, x_start: torch.Tensor, t_start: int, k: torch.Tensor,
+                v: torch.Tensor, allowed: torch.Tensor, grad_steps: int = 0) -> torch.Tensor:
+        """Run x_{t_start} -> x_0 with the posterior mean (eq. 20), deterministic (no Σ_t noise).
+
+        Only the last ``grad_steps`` steps keep gradients (and dropout); the others run under no_grad
+        in eval mode, as at inference.
+        """
+        x = x_start
+        den = head.denoiser
+        training = den.training
+        for t in range(t_start, 0, -1):
+            grad = torch.is_grad_enabled() and t <= grad_steps
+            den.train(training and grad)
+            with torch.set_grad_enabled(grad):
+                x0_hat = den(x, t, k, v, allowed)
+                x = self.schedule.step(x0_hat, x, t)
+        den.train(training)
+        return x
+
+    def _start(self, head: DirectionHead, h_cond: torch.Tensor, target: str, train: bool,
+               generator: torch.Generator | None, x0_known: torch.Tensor | None = None,
+               has_known: torch.Tensor | None = None) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """Warm start: guess g(h_cond) (eq. 18) noised to t_start = λT; without guesser x_T."""
+        guess = head.guesser(h_cond) if self.cfg.guesser else None
+        if self.cfg.guesser:
+            t_start = self.schedule.start_step(self.lam(target))
+            base = guess.detach() if train else guess
+            if x0_known is not None:
+                base = torch.where(has_known[:, None], x0_known, base)
+        else:
+            t_start = self.schedule.T
+            base = torch.zeros_like(h_cond)
+        if self.cfg.reverse_noise:
+            noise = torch.randn(base.shape, generator=generator, device=base.device, dtype=base.dtype)
+        else:
+            noise = torch.zeros_like(base)
+        return self.schedule.add_noise(base, noise, t_start), t_start, guess
+
+    # ---- shared path -------------------------------------------------------------------------
+
+    def _select(self, direction: str, src: torch.Tensor, src_pos: torch.Tensor, query_pos: torch.Tensor,
+                query_ok: torch.Tensor, pseudo: torch.Tensor):
+        """Condition of every (row, query) pair that is used: flattens to N queries."""
+        source = direction[0]
+        head = self.heads[direction]
+        z = self.condition_tokens(source, src, pseudo)  # (B, Ls, d)
+        allowed = (src_pos[:, None, :] < query_pos[:, :, None]) & (src != 0)[:, None, :]  # (B, Lq, Ls)
+        has_src = allowed.any(-1)
+        bi, qi = (query_ok & has_src).nonzero(as_tuple=True)
+        al = allowed[bi, qi]  # (N, Ls)
+        last = torch.where(al, torch.arange(al.shape[1], device=al.device), -1).max(-1).values
+        h_cond = z[bi, last]  # (N, d): condition read at the last source item before the query
+        if self.cfg.condition_tokens == "sequence":
+            k, v = head.denoiser.attn.kv(z)
+            k, v = k[bi], v[bi]
+        else:
+            k, v = head.denoiser.attn.kv(h_cond[:, None, :])
+            al = torch.ones(al.shape[0], 1, dtype=torch.bool, device=al.device)
+        return head, bi, qi, h_cond, k, v, al
+
+    # ---- training (eq. 17, 21, 22, 25, 26, 27) -----------------------------------------------
+
+    def losses(self, direction: str, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        target = direction[1]
+        pseudo_rows = batch["kind"] == PSEUDO
+        head, bi, qi, h_cond, k, v, al = self._select(direction, batch["src"], batch["src_pos"], batch["tgt_pos"],
+                                                      batch["label"], pseudo_rows)
+        labels = batch["tgt"][bi, qi]
+        pseudo = pseudo_rows[bi]
+        overlap = ~pseudo
+        zero = h_cond.new_zeros(())
+        out = {"diff": zero, "guess": zero, "align": zero}
+        if cfg.use_diffusion:
+            x0_all, has_all = self.target_features(target, batch["tgt"])
+            x0, has_x0 = x0_all[bi, qi], has_all[bi, qi]
+            if cfg.x0_when_empty == "zero":
+                has_x0 = torch.ones_like(has_x0)
+            # L_diff (eq. 17): x0-prediction at a uniformly drawn t
+            diff_rows = has_x0 & ((overlap & cfg.overlap_diffusion) | (pseudo & cfg.pseudo_diffusion))
+            t = torch.randint(1, self.schedule.T + 1, (len(bi),), generator=generator).to(h_cond.device)
+            noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+            x0_hat = head.denoiser(self.schedule.add_noise(x0, noise, t), t, k, v, al)
+            out["diff"] = _mse(x0_hat, x0, diff_rows)
+            # reverse process from the guess (eq. 18-20), for L_align and L_rec
+            x_start, t_start, guess = self._start(head, h_cond, target, True, generator)
+            if cfg.train_reverse == "full":
+                h_rev = self.reverse(head, x_start, t_start, k, v, al, grad_steps=cfg.reverse_grad_steps)
+            else:
+                h_rev = head.denoiser(x_start, t_start, k, v, al)
+            if cfg.guesser:  # L_guess (eq. 22)
+                guess_rows = has_x0 & (overlap | (cfg.guess_on == "both"))
+                out["guess"] = _mse(guess, x0, guess_rows)
+            if cfg.alignment_loss:  # L_align (eq. 21)
+                align_rows = {"pseudo": pseudo, "overlap": overlap, "both": torch.ones_like(pseudo)}[cfg.align_on]
+                out["align"] = _mse(h_rev, h_cond, align_rows)
+        else:
+            h_rev = torch.zeros_like(h_cond)  # 'w/o diffusion': the fusion reads the condition only
+        h_final = head.fusion(h_cond, h_rev)  # eq. 23-24
+        logits = h_final @ self.target_items(target).T  # eq. 25
+        logits = logits.float()
+        logits[:, 0] = float("-inf")
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        w = torch.where(pseudo, torch.full_like(ce, cfg.pseudo_rec_weight), torch.ones_like(ce))
+        out["rec"] = (ce * w).sum() / w.sum().clamp(min=1e-8)
+        out["total"] = (out["rec"] + cfg.diff_weight * out["diff"] + cfg.guess_weight * out["guess"]
+                        + cfg.align_weight * out["align"])  # eq. 26 (overlap) + eq. 27 (pseudo)
+        out["n_targets"] = torch.tensor(float(len(bi)))
+        return out
+
+    def forward(self, direction: str, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Training forward = :meth:`losses` (so a DDP/accelerate wrapper syncs its gradients)."""
+        return self.losses(direction, batch, generator)
+
+    # ---- inference ---------------------------------------------------------------------------
+
+    def user_vectors(self, direction: str, src: torch.Tensor, tgt_history: torch.Tensor | None = None) -> torch.Tensor:
+        """h_final of every row after its whole source history.
+
+        src: (B, Ls) left-padded source local ids. ``tgt_history`` (our mixed-history extension):
+        where a row has target-domain items, their text encoding replaces the guess as warm start.
+        """
+        b = src.shape[0]
+        src_pos = torch.where(src != 0, torch.arange(src.shape[1], device=src.device), NEVER)
+        query_pos = torch.full((b, 1), NEVER + 1, dtype=torch.long, device=src.device)
+        ok = torch.ones(b, 1, dtype=torch.bool, device=src.device)
+        pseudo = torch.zeros(b, dtype=torch.bool, device=src.device)
+        head, bi, qi, h_cond, k, v, al = self._select(direction, src, src_pos, query_pos, ok, pseudo)
+        target = direction[1]
+        if self.cfg.use_diffusion:
+            x0_known = has_known = None
+            if tgt_history is not None:
+                h = self.enc[target].encode_text(tgt_history)
+                x0_known = h[:, -1][bi]
+                has_known = (tgt_history[:, -1] != 0)[bi]
+            x_start, t_start, _ = self._start(head, h_cond, target, False, None, x0_known, has_known)
+            h_rev = self.reverse(head, x_start, t_start, k, v, al)
+        else:
+            h_rev = torch.zeros_like(h_cond)
+        # a row with no source item gets the fusion of two zero vectors: one non-personalised vector
+        z1 = h_cond.new_zeros(1, self.d)
+        out = head.fusion(z1, z1).expand(b, self.d).clone()
+        out[bi] = head.fusion(h_cond, h_rev)
+        return out
+
+    def scores(self, direction: str, src: torch.Tensor, tgt_history: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, Ls) source local ids -> (B, n_target+1) scores over the target domain's local items."""
+        logits = self.user_vectors(direction, src, tgt_history) @ self.target_items(direction[1]).T
+        logits[:, 0] = float("-inf")
+        return logits
+
+
+def direction_of(target: str) -> str:
+    return other(target) + target

@@ -1,0 +1,145 @@
+"""LLM backends: model resolution, and the OpenAI-compatible HTTP backend against a local server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from lgcd_core.config import DatasetConfig, GenerationConfig, HttpBackendConfig
+from lgcd_core.language.generation_cache import GenerationCache
+from lgcd_core.language.llm_backends import HttpBackend, resolve_llm
+from lgcd_core.language.pseudo_text import GenerationError, generate_pseudo_texts
+
+
+def test_default_llm_resolves_to_the_packaged_gguf():
+    folder, gguf = resolve_llm("default", None)
+    assert (Path(folder) / gguf).is_file() and gguf.endswith(".gguf")
+    assert resolve_llm("Qwen/Qwen2.5-0.5B-Instruct", None) == ("Qwen/Qwen2.5-0.5B-Instruct", None)
+
+
+def test_http_payload_and_url():
+    greedy = HttpBackend(HttpBackendConfig(base_url="http://h:1/v1/", model="m"), GenerationConfig(max_new_tokens=9))
+    assert greedy.url == "http://h:1/v1/chat/completions"
+    body = greedy.payload("hi")
+    assert body["messages"] == [{"role": "user", "content": "hi"}] and body["max_tokens"] == 9 and body["temperature"] == 0.0
+    sampled = HttpBackend(HttpBackendConfig(base_url="http://h:1", model="m"), GenerationConfig(do_sample=True, temperature=0.5))
+    assert sampled.url == "http://h:1/v1/chat/completions" and sampled.payload("x")["temperature"] == 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# A scripted server: the behaviour for a prompt is chosen by a marker in the prompt text.
+# --------------------------------------------------------------------------------------------
+
+
+class Script:
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.broken = True  # ALWAYS500 fails while broken
+
+    def respond(self, prompt: str) -> tuple[int, bytes, float]:
+        """(status, body, seconds to sleep first) for this prompt's n-th call."""
+        with self.lock:
+            self.calls[prompt] += 1
+            n = self.calls[prompt]
+        ok = json.dumps({"choices": [{"message": {"role": "assistant", "content": "1. Cast iron skillet\n2. Whisk"}}],
+                         "usage": {"completion_tokens": 7}}).encode()
+        if "SLOWONCE" in prompt and n == 1:
+            return 200, ok, 2.0
+        if "FAIL500ONCE" in prompt and n == 1:
+            return 500, b"oops", 0.0
+        if "BADJSONONCE" in prompt and n == 1:
+            return 200, b"{not json", 0.0
+        if "GARBAGE" in prompt:
+            return 200, json.dumps({"choices": [{"message": {"content": "@@@ ### !!!"}}]}).encode(), 0.0
+        if "ALWAYS500" in prompt and self.broken:
+            return 500, b"down", 0.0
+        return 200, ok, 0.0
+
+
+@pytest.fixture()
+def server():
+    script = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            assert self.path == "/v1/chat/completions" and body["model"] == "tiny"
+            status, payload, delay = script.respond(body["messages"][-1]["content"])
+            time.sleep(delay)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client timed out and left
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", script
+    httpd.shutdown()
+    httpd.server_close()
+
+
+MARKERS = ["GOOD", "SLOWONCE", "FAIL500ONCE", "BADJSONONCE", "GARBAGE", "ALWAYS500"]
+
+
+def tables():
+    items = [{"item_idx": i + 1, "item_id": f"a{i}", "domain": "A", "title": m, "text": f"{m} snack"} for i, m in enumerate(MARKERS)]
+    items.append({"item_idx": len(MARKERS) + 1, "item_id": "b0", "domain": "B", "title": "pan", "text": "pan"})
+    seqs = [{"user_idx": i + 1, "user_id": f"u{i}", "user_type": "A-only", "items": [i + 1]} for i in range(len(MARKERS))]
+    return pa.Table.from_pylist(items), pa.Table.from_pylist(seqs)
+
+
+def config(url: str, **llm) -> DatasetConfig:
+    http = {"base_url": url, "model": "tiny", "concurrency": 3, "timeout_s": 0.5, "max_retries": 2, "backoff_s": 0.01}
+    return DatasetConfig.model_validate({"name": "t", "source": {"format": "synthetic", "path": "x"},
+                                         "domains": {"A": "Food", "B": "Kitchen"},
+                                         "llm": {"backend": "http", "http": http, "batch_size": 2, **llm}})
+
+
+def test_http_backend_retries_each_failure_kind_and_keeps_what_was_saved(server, tmp_path):
+    url, script = server
+    items, seqs = tables()
+    logs: list[str] = []
+    with pytest.raises(GenerationError, match="1 of 6 requests failed"):
+        generate_pseudo_texts(config(url), items, seqs, tmp_path, "cpu", log=logs.append)
+    saved = GenerationCache(tmp_path)
+    assert len(saved) == 5  # everything but the server that stays down
+    calls = {m: sum(n for p, n in script.calls.items() if m in p) for m in MARKERS}
+    assert calls == {"GOOD": 1, "SLOWONCE": 2, "FAIL500ONCE": 2, "BADJSONONCE": 2, "GARBAGE": 1, "ALWAYS500": 3}
+    assert any("tokens/s" in line and "ETA" in line for line in logs)
+
+    script.broken = False
+    before = Counter(script.calls)
+    table, stats = generate_pseudo_texts(config(url), items, seqs, tmp_path, "cpu", log=logs.append)
+    new_calls = {p: n - before[p] for p, n in script.calls.items() if n != before[p]}
+    assert len(new_calls) == 1 and "ALWAYS500" in next(iter(new_calls))  # only the failed one is retried
+    assert stats["cached"] == 5 and stats["generated"] == 1 and stats["failed"] == 0
+    rows = {r["prompt"].split("1. ")[1].split(" ")[0]: r for r in table.to_pylist()}
+    assert rows["GARBAGE"]["usable"] is False and rows["GARBAGE"]["answer"] == "@@@ ### !!!"
+    assert all(rows[m]["descriptions"] == ["Cast iron skillet", "Whisk"] for m in MARKERS if m != "GARBAGE")
+    assert stats["unusable"] == 1 and stats["tokens_generated"] == 7
+
+
+def test_on_failure_unusable_records_failed_users_without_caching_them(server, tmp_path):
+    url, _ = server
+    items, seqs = tables()
+    table, stats = generate_pseudo_texts(config(url, on_failure="unusable"), items, seqs, tmp_path, "cpu", log=lambda m: None)
+    assert table.num_rows == len(MARKERS) and stats["failed"] == 1 and stats["unusable"] == 2
+    failed = [r for r in table.to_pylist() if "ALWAYS500" in r["prompt"]][0]
+    assert failed["usable"] is False and failed["answer"] == "" and failed["cache_key"] not in GenerationCache(tmp_path)

@@ -1,0 +1,77 @@
+"""Prompt templates and answer parsing (pseudo texts, paper eq. 4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lgcd_core.language.parsing import parse_descriptions
+from lgcd_core.language.prompts import TEMPLATES_DIR, display_text, load_template, render_prompt
+
+
+@pytest.mark.parametrize("direction", ["a_to_b", "b_to_a"])
+def test_default_templates_ship_with_every_placeholder(direction):
+    text = load_template("default", direction)
+    assert (TEMPLATES_DIR / f"{direction}.txt").read_text() == text
+    for placeholder in ("{source_domain}", "{target_domain}", "{items}", "{n}"):
+        assert placeholder in text
+
+
+def test_custom_template_by_absolute_path(tmp_path):
+    path = tmp_path / "mine.txt"
+    path.write_text("From {source_domain} to {target_domain}: {items} -> {n}")
+    assert load_template(str(path), "a_to_b") == path.read_text()
+
+
+def test_template_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        load_template(str(tmp_path / "nope.txt"), "a_to_b")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("no list here")
+    with pytest.raises(ValueError, match="items"):
+        load_template(str(bad), "b_to_a")
+
+
+def test_render_numbers_history_and_fills_placeholders_once():
+    template = "{source_domain}->{target_domain} ({n}) {json: {}}\n{items}"
+    history = ["Green tea {n}", "Cocoa {items}"]
+    prompt = render_prompt(template, "Food", "Kitchen", history, 5)
+    assert prompt == "Food->Kitchen (5) {json: {}}\n1. Green tea {n}\n2. Cocoa {items}"
+
+
+def test_display_text_flattens_and_cuts():
+    assert display_text("a  b\n c", 20) == "a b c"
+    cut = display_text("x" * 50, 12)
+    assert cut == "x" * 9 + "..." and len(cut) == 12
+
+
+MESSY = [
+    ("Sure! Here are 3 items:\n1. Cast iron skillet\n2) Bamboo cutting board\n(3) **Chef knife**",
+     ["Cast iron skillet", "Bamboo cutting board", "Chef knife"]),
+    ("- \"Tea kettle\"\n* Mug\n• *Mug*\n+ 'Spice rack'", ["Tea kettle", "Mug", "Spice rack"]),
+    ("1. Tea kettle 2. Coffee grinder 3. Sugar bowl", ["Tea kettle", "Coffee grinder", "Sugar bowl"]),
+    ("**1. Salad spinner** - keeps greens crisp\n**2. Garlic press**",
+     ["Salad spinner - keeps greens crisp", "Garlic press"]),
+    ("Here are some ideas:\n\n1. Wok\n\nThese items suit your taste. I hope this helps!", ["Wok"]),
+    ("1. 1.5 qt saucepan\n2. 3-piece knife set", ["1.5 qt saucepan", "3-piece knife set"]),
+    ("1. Cast iron skillet\n2. cast-iron  Skillet.\n3. Whisk\n3. Whisk", ["Cast iron skillet", "Whisk"]),
+    ("[1] Colander\n1: Ladle\n## More\n- `Tongs`", ["Colander", "Ladle", "Tongs"]),
+    ("Cutting board; Knife block; Apron", ["Cutting board", "Knife block", "Apron"]),
+    ("Stand mixer\nFood processor", ["Stand mixer", "Food processor"]),
+    ("“Rolling pin”.", ["Rolling pin"]),
+    ("1. Stand mixer\n2. Food proc", ["Stand mixer", "Food proc"]),  # cut off by max_new_tokens
+]
+
+
+@pytest.mark.parametrize("answer,expected", MESSY)
+def test_parse_messy_answers(answer, expected):
+    assert parse_descriptions(answer) == expected
+
+
+@pytest.mark.parametrize("answer", ["", "   \n\n", "!!!! ??? ###", "I hope this helps!", "Sure! Here you go:", "1. ??\n2. --", None])
+def test_unusable_answers_give_no_description(answer):
+    assert parse_descriptions(answer) == []
+
+
+def test_parse_caps_and_excludes_the_users_own_history():
+    answer = "1. Organic green tea\n2. Mixing bowls\n3. Whisk\n4. Ladle"
+    assert parse_descriptions(answer, max_items=2, exclude=["Organic Green Tea"]) == ["Mixing bowls", "Whisk"]

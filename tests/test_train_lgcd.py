@@ -1,0 +1,115 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lgcd_core.config import DatasetConfig, LGCDConfig, PretrainConfig
+from lgcd_core.model.batches import DOMAINS, ItemIndex, synthetic_inputs
+from lgcd_core.model.encoders import load_encoder
+from lgcd_core.model.lgcd import LGCDModel
+from lgcd_core.model.pretrain import pretrain_encoders
+from lgcd_core.model.scoring import load_encoder_scorer, load_lgcd_scorer
+from lgcd_core.model.train_lgcd import evaluate_inter_domain, inter_domain_cases, train_lgcd
+
+LGCD = dict(T=10, epochs=3, patience=10, batch_size=32, overlap_per_batch=8, n_experts=4, lr=3e-3)
+
+
+def _cfg(**lgcd):
+    return DatasetConfig(name="toy", source={"format": "synthetic", "path": "x"}, domains={"A": "a", "B": "b"},
+                         pretrain=PretrainConfig(d=16, n_layers=1, epochs=6, batch_size=32, lr=3e-3),
+                         lgcd=LGCDConfig(**{**LGCD, **lgcd}))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    data = synthetic_inputs(n_valid=60, n_test=120, seed=0)
+    enc_dir = tmp_path_factory.mktemp("enc")
+    stats = pretrain_encoders(_cfg(), data["items"], data["sequences"], data["eval_cases"], data["embeddings"],
+                              enc_dir, "cpu", log=lambda *_: None)
+    return data, enc_dir, stats
+
+
+def _train(setup, out, **kw):
+    data, enc_dir, _ = setup
+    lgcd_cfg = kw.pop("lgcd_cfg", None)
+    return train_lgcd(_cfg(), data["items"], data["sequences"], data["eval_cases"], data["pseudo_overlap"],
+                      data["embeddings"], enc_dir, out, "cpu", log=lambda *_: None, lgcd_cfg=lgcd_cfg, **kw)
+
+
+def test_pretrain_writes_encoders_and_learns(setup):
+    data, enc_dir, stats = setup
+    for name in ("encoder_A.safetensors", "encoder_A.json", "encoder_B.safetensors", "encoder_B.json",
+                 "history.json", "loss_curve.png"):
+        assert (enc_dir / name).exists()
+    for d in DOMAINS:
+        assert stats[d]["loss_curve"][-1] < stats[d]["loss_curve"][0]
+        assert stats[d]["best_valid"]["NDCG@10"] > 0
+    score = load_encoder_scorer(enc_dir, data["embeddings"], data["items"], "cpu")
+    out = score([[1, 70, 2], []], "A")
+    assert out.shape == (2, 141) and torch.isinf(out[:, 61:]).all() and torch.isfinite(out[:, 1:61]).all()
+
+
+def test_training_decreases_loss_and_beats_untrained(setup, tmp_path):
+    data, enc_dir, _ = setup
+    stats = _train(setup, tmp_path / "lgcd")
+    for dr in ("AB", "BA"):
+        assert stats["loss_curve"][dr][-1] < stats["loss_curve"][dr][0]
+    for name in ("lgcd.safetensors", "lgcd.json", "history.json"):
+        assert (tmp_path / "lgcd" / name).exists()
+    assert not (tmp_path / "lgcd" / "checkpoint.pt").exists()
+    index = ItemIndex.from_table(data["items"])
+    test_cases = {t: inter_domain_cases(index, data["eval_cases"], t, split="test") for t in DOMAINS}
+    torch.manual_seed(0)
+    untrained = LGCDModel(_cfg().lgcd, {d: load_encoder(enc_dir, d, index.text_rows(data["embeddings"], d))
+                                        for d in DOMAINS})
+    score = load_lgcd_scorer(tmp_path / "lgcd", enc_dir, data["embeddings"], data["items"], "cpu")
+    from lgcd_core.model.scoring import load_lgcd_model
+    trained, _ = load_lgcd_model(tmp_path / "lgcd", enc_dir, data["embeddings"], data["items"], "cpu")
+    before = evaluate_inter_domain(untrained, test_cases, "cpu")["NDCG@10"]
+    after = evaluate_inter_domain(trained, test_cases, "cpu")["NDCG@10"]
+    assert after > before + 0.02, (before, after)
+    # the public scorer: source items only, batch-size independent, -inf outside the target domain
+    hist = data["eval_cases"].column("history").to_pylist()[:9]
+    full = score(hist, "B")
+    small = load_lgcd_scorer(tmp_path / "lgcd", enc_dir, data["embeddings"], data["items"], "cpu", batch_size=2)(hist, "B")
+    assert torch.allclose(full, small, atol=1e-5)
+    assert torch.isinf(full[:, :61]).all() and torch.isfinite(full[:, 61:]).all()
+    b_only = [[i for i in h if i <= 60] for h in hist]  # dropping target-domain items changes nothing
+    assert torch.allclose(score(b_only, "B"), full, atol=1e-5)
+
+
+def test_resume_continues_the_same_trajectory(setup, tmp_path):
+    _train(setup, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        _train(setup, tmp_path / "resumed", _interrupt_after=2)
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists()
+    _train(setup, tmp_path / "resumed")
+    a = load_file(str(tmp_path / "straight" / "lgcd.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "lgcd.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ha = json.loads((tmp_path / "straight" / "history.json").read_text())
+    hb = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert [e["valid"] for e in ha["epochs"]] == [e["valid"] for e in hb["epochs"]]
+
+
+def test_nan_loss_names_term_and_epoch(setup, tmp_path, monkeypatch):
+    original = LGCDModel.losses
+
+    def broken(self, direction, batch, generator=None):
+        out = original(self, direction, batch, generator)
+        out["align"] = out["align"] * float("nan")
+        return out
+
+    monkeypatch.setattr(LGCDModel, "losses", broken)
+    with pytest.raises(FloatingPointError, match=r"L_align .* epoch 1"):
+        _train(setup, tmp_path / "nan", lgcd_cfg=LGCDConfig(**{**LGCD, "epochs": 1}))
+
+
+def test_ablation_variant_trains_via_lgcd_cfg(setup, tmp_path):
+    stats = _train(setup, tmp_path / "wo", lgcd_cfg=LGCDConfig(**{**LGCD, "epochs": 1, "cyclic_batches": False,
+                                                                     "moe": False}))
+    meta = json.loads((tmp_path / "wo" / "lgcd.json").read_text())
+    assert meta["lgcd"]["moe"] is False and stats["epochs"] == 1
