@@ -300,8 +300,9 @@ class BaselineSASRecConfig(_Section):
 
     ``train_negatives``: None trains with full-softmax cross-entropy over the model's vocabulary;
     an integer trains a sampled softmax against that many uniform negatives shared by the batch.
-    Early stopping reads valid NDCG@10 (full ranking over the target domain) every
-    ``eval_every`` epochs, in ``selection_setting``; test is never read.
+    Early stopping reads valid NDCG@10 every ``eval_every`` epochs, in ``selection_setting``, under
+    ``selection_protocol`` (``sampled999``: the stored valid candidates; ``full``: every item of the
+    target domain); test is never read.
     """
 
     d: int = Field(default=64, ge=4)
@@ -313,10 +314,11 @@ class BaselineSASRecConfig(_Section):
     weight_decay: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=256, ge=1)
     max_epochs: int = Field(default=15, ge=1)
-    patience: int = Field(default=2, ge=1)
+    patience: int = Field(default=3, ge=1)
     eval_every: int = Field(default=1, ge=1)
     train_negatives: int | None = Field(default=1000, ge=1)
     selection_setting: Literal["inter_domain", "mixed_history"] = "mixed_history"
+    selection_protocol: Literal["sampled999", "full"] = "sampled999"
 
 
 class ReferenceRow(_Section):

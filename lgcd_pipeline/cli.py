@@ -21,9 +21,10 @@ def _instance_and_defs():
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
     import dagster as dg
 
-    from lgcd_pipeline.definitions import defs
+    from lgcd_core.config import discover_datasets
+    from lgcd_pipeline.definitions import build_definitions
 
-    return dg.DagsterInstance.get(), defs
+    return dg.DagsterInstance.get(), build_definitions(discover_datasets())
 
 
 def _scope(graph, dataset: str | None) -> set:

@@ -11,6 +11,7 @@ import zlib
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lgcd_core.evaluation.settings import item_domains
 from lgcd_core.io import DataError
@@ -20,7 +21,7 @@ CANDIDATE_SCHEMA = pa.schema([("case_id", pa.int32()), ("negatives", pa.list_(pa
 
 def split_cases(eval_cases: pa.Table, split: str) -> pa.Table:
     """The cases of one split, sorted by case_id (the order every evaluation uses)."""
-    cases = eval_cases.filter(pa.compute.equal(eval_cases.column("split"), split))
+    cases = eval_cases.filter(pc.equal(eval_cases.column("split"), split))
     return cases.sort_by("case_id")
 
 

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -61,29 +62,47 @@ def resolve_llm(model: str, gguf_file: str | None) -> tuple[str, str | None]:
 
 
 class TransformersBackend:
-    """Batched generation with left padding; the chat template is applied when the tokenizer has one."""
+    """Batched generation with left padding; the chat template is applied when the tokenizer has one.
+
+    Weights load on the first generation, so a run whose answers are all cached never loads them.
+    """
 
     def __init__(self, llm: LLMConfig, device: str) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path, gguf = resolve_llm(llm.model, llm.gguf_file)
-        extra = {"gguf_file": gguf} if gguf else {}
+        self.llm = llm
         self.device = resolve_device(device)
         self.gen = llm.generation
-        self.model_id = f"{llm.model}|{gguf}" if gguf else llm.model
+        self.path, self.gguf = resolve_llm(llm.model, llm.gguf_file)
+        self.model_id = f"{llm.model}|{self.gguf}" if self.gguf else llm.model
         self.settings = {"backend": "transformers", **llm.generation.model_dump()}
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=llm.trust_remote_code, **extra)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @cached_property
+    def tokenizer(self):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer
+
+        extra = {"gguf_file": self.gguf} if self.gguf else {}
+        tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.llm.trust_remote_code, **extra)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    @cached_property
+    def model(self):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        extra = {"gguf_file": self.gguf} if self.gguf else {}
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=llm.trust_remote_code, **extra
+        model = AutoModelForCausalLM.from_pretrained(
+            self.path, dtype=dtype, trust_remote_code=self.llm.trust_remote_code, **extra
         ).to(self.device)
-        self.model.eval()
-        self.use_chat = bool(getattr(self.tokenizer, "chat_template", None))
+        return model.eval()
+
+    @property
+    def use_chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
 
     def format(self, prompt: str) -> str:
         """The text the model sees for one user prompt."""

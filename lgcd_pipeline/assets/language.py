@@ -64,7 +64,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
 
         from lgcd_core.device import resolve_device
         from lgcd_core.io import atomic_dir, read_parquet, write_parquet
-        from lgcd_core.language.grounding import ground_pseudo_texts
+        from lgcd_core.language.grounding import category_overlap_rate, ground_pseudo_texts, taste_match_rate
 
         pseudo = read_parquet(stage_path(cfg, "pseudo_texts", "pseudo_texts.parquet"))
         items = read_parquet(stage_path(cfg, "sequences", "items.parquet"))
@@ -73,9 +73,20 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         table, stats = ground_pseudo_texts(
             pseudo, items, cfg, resolve_device(cfg.device), item_embeddings=vectors, sequences=sequences
         )
+        # Does grounding carry signal? Co-purchase / shared-title-word rates against chance on any data,
+        # and the latent-taste match rate against chance where the synthetic generator knows the truth.
+        signal = {f"signal_{k}": v for k, v in category_overlap_rate(table, items, sequences).items()}
+        if cfg.source.format == "synthetic":
+            from lgcd_core.data.synthetic import load_truth
+
+            truth = load_truth(cfg.source_dir())
+            signal.update({f"signal_taste_{k}": v for k, v in taste_match_rate(table, items, sequences, truth).items()})
+        context.log.info(f"grounding signal: {signal}")
         with atomic_dir(out_dir) as tmp:
             write_parquet(table, tmp / "grounded_items.parquet")
-        return dg.MaterializeResult(metadata={**table_metadata(table, out_dir / "grounded_items.parquet"), **stats_metadata(stats)})
+        return dg.MaterializeResult(
+            metadata={**table_metadata(table, out_dir / "grounded_items.parquet"), **stats_metadata({**stats, **signal})}
+        )
 
     @stage_asset(
         cfg, "pseudo_overlap_sequences", deps=["grounded_items", "sequences"], group="language", kinds={"python", "parquet"},

@@ -1,0 +1,91 @@
+"""Benchmark: how much cheaper `lgcd sync` is than a full run, after no change and after a λ-only edit.
+
+Runs `lgcd sync` three times on a copy of a dataset YAML (default: the demo) in a fresh data root and
+Dagster instance: a full run (everything missing), a no-op sync, and a sync after changing the
+diffusion λ (which must re-run only `lgcd_model` and `evaluation`). Prints a table of wall times and
+their ratios to the full run, and writes it to bench/results/resync.md.
+
+    python -m bench.resync [--dataset-yaml datasets/demo.yaml] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "bench" / "results" / "resync.md"
+
+
+def _sync(env: dict, name: str, dry_run: bool = False) -> tuple[float, list[str]]:
+    lgcd = Path(sys.executable).parent / "lgcd"
+    cmd = [str(lgcd), "sync", "--dataset", name] + (["--dry-run"] if dry_run else [])
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+    return elapsed, proc.stdout.split()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset-yaml", type=Path, default=REPO_ROOT / "datasets" / "demo.yaml")
+    parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one, removed)")
+    args = parser.parse_args()
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="lgcd-resync-"))
+    datasets, home = work / "datasets", work / "dagster_home"
+    datasets.mkdir(parents=True, exist_ok=True)
+    home.mkdir(exist_ok=True)
+    shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    name = args.dataset_yaml.stem
+    config = yaml.safe_load(args.dataset_yaml.read_text())
+    source = config["source"]
+    if source["format"] == "synthetic":
+        source["path"] = str(work / "raw" / name)
+    (datasets / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, "LGCD_DATASETS_DIR": str(datasets), "LGCD_DATA_ROOT": str(work / "data"),
+           "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+
+    full, _ = _sync(env, name)
+    noop, _ = _sync(env, name)
+    lgcd = config.setdefault("lgcd", {})
+    lgcd["lambda_B"] = round(1.0 - float(lgcd.get("lambda_B", 0.3)) / 2, 2)
+    (datasets / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    _, planned = _sync(env, name, dry_run=True)
+    lam, _ = _sync(env, name)
+
+    rows = [("full run (everything missing)", full, "all stages"),
+            ("no-op sync", noop, "nothing"),
+            ("λ-only change", lam, ", ".join(k.split("/", 1)[1] for k in planned))]
+    lines = [
+        f"# `lgcd sync` cost against a full run ({name})",
+        "",
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} CPUs; wall time of the "
+        "`lgcd sync` command, process start-up included.",
+        "",
+        "| sync | seconds | ratio to full run | stages run |",
+        "|---|---:|---:|---|",
+        *[f"| {label} | {sec:.1f} | {sec / full:.3f} | {what} |" for label, sec, what in rows],
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(text)
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
