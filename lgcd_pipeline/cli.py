@@ -74,15 +74,19 @@ def status(dataset: str | None) -> int:
 
 
 def summary(dataset: str) -> int:
+    """The report's preamble and its primary table (first split, sampled negatives, inter_domain)."""
     from lgcd_core.config import DATASETS_DIR, load_dataset_config
 
     cfg = load_dataset_config(DATASETS_DIR / f"{dataset}.yaml")
     report = cfg.stage_dir("evaluation") / "report.md"
-    print(f"dataset {cfg.name}: outputs under {cfg.stage_dir('').parent / cfg.name}")
-    if report.exists():
-        print(report.read_text())
-    else:
+    if not report.exists():
         print(f"(no results yet: {report} is missing; materialize {cfg.name}/evaluation)")
+        return 1
+    sections = report.read_text().split("\n## ")
+    print(sections[0].rstrip())
+    if len(sections) > 1:
+        print("\n## " + sections[1].rstrip())
+    print(f"\nFull report (every split, protocol and setting): {report}")
     return 0
 
 
