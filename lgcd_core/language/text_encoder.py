@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,24 @@ class VectorCache:
         return self.vectors.get(_text_key(text))
 
 
-def encode_items(items: pa.Table, cfg: TextEncoderConfig, device: str, cache_dir: Path) -> tuple[np.ndarray, dict]:
+def _encode_in_chunks(missing: list[str], cfg: TextEncoderConfig, device: str, cache: VectorCache,
+                      log: Callable[[str], None], chunk: int = 4096) -> np.ndarray:
+    """Encode ``missing`` chunk by chunk, saving each chunk (a killed run resumes) and logging rate and ETA."""
+    parts, start = [], time.perf_counter()
+    for begin in range(0, len(missing), chunk):
+        texts = missing[begin : begin + chunk]
+        vectors = encode_texts(texts, cfg, device)
+        cache.add(texts, vectors)
+        parts.append(vectors)
+        done, elapsed = begin + len(texts), time.perf_counter() - start
+        rate = done / elapsed if elapsed > 0 else float("inf")
+        log(f"item_text_embeddings: {done}/{len(missing)} texts, {rate:.0f} items/s, "
+            f"ETA {time.strftime('%H:%M:%S', time.gmtime((len(missing) - done) / rate))}")
+    return np.concatenate(parts) if parts else encode_texts([], cfg, device)
+
+
+def encode_items(items: pa.Table, cfg: TextEncoderConfig, device: str, cache_dir: Path,
+                 log: Callable[[str], None] = print) -> tuple[np.ndarray, dict]:
     """Embed every item's ``text``: ``(n_items + 1, dim)`` aligned with ``item_idx``, row 0 zeros."""
     idx = np.asarray(items.column("item_idx").to_numpy(), dtype=np.int64)
     if not np.array_equal(idx, np.arange(1, len(idx) + 1)):
@@ -108,9 +126,8 @@ def encode_items(items: pa.Table, cfg: TextEncoderConfig, device: str, cache_dir
     cache = VectorCache(cache_dir, encoder_id(cfg))
     missing = list(dict.fromkeys(t for t in texts if cache.get(t) is None))
     start = time.perf_counter()
-    new = encode_texts(missing, cfg, device)
+    new = _encode_in_chunks(missing, cfg, device, cache, log)
     elapsed = time.perf_counter() - start
-    cache.add(missing, new)
     dim = new.shape[1] if missing or not texts else len(cache.get(texts[0]))
     out = np.zeros((len(texts) + 1, dim), dtype=np.float32)
     for row, text in enumerate(texts, start=1):

@@ -27,7 +27,9 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.language.text_encoder import encode_items
 
         items = read_parquet(stage_path(cfg, "sequences", "items.parquet"))
-        vectors, stats = encode_items(items, cfg.text_encoder, resolve_device(cfg.device), cache_dir(cfg, "text_vectors"))
+        vectors, stats = encode_items(
+            items, cfg.text_encoder, resolve_device(cfg.device), cache_dir(cfg, "text_vectors"), log=_log(context)
+        )
         with atomic_dir(out_dir) as tmp:
             write_npy(vectors, tmp / "embeddings.npy")
             write_json({"model": stats.get("model"), "dim": int(vectors.shape[1]), "n_items": int(vectors.shape[0] - 1)}, tmp / "meta.json")
