@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from bench.common import publish
 
 
 def pseudo_users_from_valid(items: pa.Table, eval_cases: pa.Table, n: int, seed: int) -> tuple[pa.Table, dict[int, list[int]]]:
@@ -109,10 +108,7 @@ def main() -> None:
         f"| co-purchased with a source item in training data | {co['copurchase_rate']:.3f} | {co['copurchase_rate_chance']:.3f} | "
         f"{co['copurchase_rate'] / max(co['copurchase_rate_chance'], 1e-9):.2f} |",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = REPO_ROOT / "bench" / "results" / f"grounding_signal_{args.dataset}.md"
-    out.write_text(text)
+    publish("\n".join(lines) + "\n", f"grounding_signal_{args.dataset}.md")
 
 
 if __name__ == "__main__":

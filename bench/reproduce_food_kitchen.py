@@ -23,12 +23,13 @@ from pathlib import Path
 
 import yaml
 
+from bench.common import isolated_workspace, publish
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "bench" / "results" / "reproduce_food_kitchen.md"
 COLUMNS = [("HR", 5), ("HR", 10), ("NDCG", 5), ("NDCG", 10)]
 
 
-def _prepare(data_dir: Path, work: Path, max_users: int | None) -> tuple[dict, list[str]]:
+def _prepare(data_dir: Path, max_users: int | None) -> tuple[dict, list[str]]:
     config = yaml.safe_load((REPO_ROOT / "datasets" / "food_kitchen.yaml").read_text())
     config["source"]["path"] = str(data_dir.resolve())
     config["source"].pop("path_env", None)
@@ -37,8 +38,6 @@ def _prepare(data_dir: Path, work: Path, max_users: int | None) -> tuple[dict, l
     if max_users:
         config.setdefault("llm", {})["max_users"] = max_users
         deviations.append(f"pseudo users: a seeded sample of {max_users} single-domain users get LLM pseudo-texts")
-    (work / "datasets").mkdir(parents=True, exist_ok=True)
-    (work / "datasets" / "food_kitchen.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return config, deviations
 
 
@@ -94,12 +93,8 @@ def main() -> None:
         sys.exit(f"{args.data_dir}: not an LLMCDSR folder (train_overlap.txt missing)")
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="lgcd-food-kitchen-"))
-    config, deviations = _prepare(args.data_dir, work, args.max_pseudo_users)
-    home = work / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    os.environ.update({"LGCD_DATASETS_DIR": str(work / "datasets"), "LGCD_DATA_ROOT": str(work / "data"),
-                       "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1"})
+    config, deviations = _prepare(args.data_dir, args.max_pseudo_users)
+    os.environ.update(isolated_workspace(work, {"food_kitchen": config}))
     split = "test" if (args.data_dir / "test.txt").exists() else "valid"
     print("Deviations from the paper's setup:\n" + "\n".join(f"  - {d}" for d in deviations), flush=True)
     print(f"Evaluating on {split}.", flush=True)
@@ -109,10 +104,7 @@ def main() -> None:
              f"Split: {split}; protocol: 999 sampled negatives, inter_domain (see report.md beside metrics.parquet).", "",
              *_table(work / "data" / "food_kitchen" / "evaluation" / "metrics.parquet", config["evaluation"]["paper_rows"], split),
              "", "| stage | wall time (s) |", "|---|---:|", *[f"| {s} | {t:.0f} |" for s, t in seconds.items()]]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    publish("\n".join(lines) + "\n", "reproduce_food_kitchen.md")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import yaml
 
+from bench.common import isolated_workspace, publish
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "bench" / "results" / "resync.md"
 
 
 def _sync(env: dict, name: str, dry_run: bool = False) -> tuple[float, list[str]]:
@@ -45,24 +46,17 @@ def main() -> None:
     args = parser.parse_args()
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="lgcd-resync-"))
-    datasets, home = work / "datasets", work / "dagster_home"
-    datasets.mkdir(parents=True, exist_ok=True)
-    home.mkdir(exist_ok=True)
-    shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     name = args.dataset_yaml.stem
     config = yaml.safe_load(args.dataset_yaml.read_text())
-    source = config["source"]
-    if source["format"] == "synthetic":
-        source["path"] = str(work / "raw" / name)
-    (datasets / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, "LGCD_DATASETS_DIR": str(datasets), "LGCD_DATA_ROOT": str(work / "data"),
-           "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    if config["source"]["format"] == "synthetic":
+        config["source"]["path"] = str(work / "raw" / name)
+    env = {**os.environ, **isolated_workspace(work, {name: config})}
 
     full, _ = _sync(env, name)
     noop, _ = _sync(env, name)
     lgcd = config.setdefault("lgcd", {})
     lgcd["lambda_B"] = round(1.0 - float(lgcd.get("lambda_B", 0.3)) / 2, 2)
-    (datasets / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    isolated_workspace(work, {name: config})
     _, planned = _sync(env, name, dry_run=True)
     lam, _ = _sync(env, name)
 
@@ -79,10 +73,7 @@ def main() -> None:
         "|---|---:|---:|---|",
         *[f"| {label} | {sec:.1f} | {sec / full:.3f} | {what} |" for label, sec, what in rows],
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    publish("\n".join(lines) + "\n", "resync.md")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
 
