@@ -53,6 +53,7 @@ def main() -> None:
     env = {**os.environ, **isolated_workspace(work, {name: config})}
 
     full, _ = _sync(env, name)
+    _, planned_noop = _sync(env, name, dry_run=True)
     noop, _ = _sync(env, name)
     lgcd = config.setdefault("lgcd", {})
     lgcd["lambda_B"] = round(1.0 - float(lgcd.get("lambda_B", 0.3)) / 2, 2)
@@ -61,7 +62,7 @@ def main() -> None:
     lam, _ = _sync(env, name)
 
     rows = [("full run (everything missing)", full, "all stages"),
-            ("no-op sync", noop, "nothing"),
+            ("no-op sync", noop, ", ".join(k.split("/", 1)[1] for k in planned_noop) or "nothing"),
             ("λ-only change", lam, ", ".join(k.split("/", 1)[1] for k in planned))]
     lines = [
         f"# `lgcd sync` cost against a full run ({name})",
