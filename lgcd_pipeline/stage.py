@@ -65,6 +65,20 @@ def stage_path(cfg: DatasetConfig, stage: str, filename: str) -> Path:
     return cfg.stage_dir(stage) / filename
 
 
+def sequence_inputs(cfg: DatasetConfig):
+    """What the model and evaluation stages read: items, sequences, eval cases, item text vectors."""
+    import numpy as np
+
+    from lgcd_core.io import read_parquet
+
+    return (
+        read_parquet(stage_path(cfg, "sequences", "items.parquet")),
+        read_parquet(stage_path(cfg, "sequences", "sequences.parquet")),
+        read_parquet(stage_path(cfg, "sequences", "eval_cases.parquet")),
+        np.load(stage_path(cfg, "item_text_embeddings", "embeddings.npy")),
+    )
+
+
 def cache_dir(cfg: DatasetConfig, name: str) -> Path:
     """Caches that must survive re-materialization live beside the stage folders."""
     return cfg.stage_dir("cache") / name

@@ -54,6 +54,9 @@ def test_sync_reruns_exactly_what_each_edit_invalidates(tiny_env: Path, tmp_path
     instance = dg.DagsterInstance.get()
     first = _sync_and_read_run(instance)
     assert len(first) == 11, first                    # everything was missing
+    evaluation = _metadata(instance, "evaluation")
+    assert "lgcd" in evaluation["results"] and "sasrec_mixed" in evaluation["results"]
+    assert evaluation["dagster/row_count"] > 0 and "chart" in evaluation
     assert _dry_run() == []
     assert _sync_and_read_run(instance) == set()      # no change: nothing runs
 

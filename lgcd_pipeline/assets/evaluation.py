@@ -8,7 +8,7 @@ import dagster as dg
 
 from lgcd_core.config import DatasetConfig
 from lgcd_pipeline.metadata import image_metadata, stats_metadata, table_metadata
-from lgcd_pipeline.stage import stage_asset, stage_path
+from lgcd_pipeline.stage import sequence_inputs, stage_asset, stage_path
 
 
 def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
@@ -19,28 +19,22 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         "case (ties against the model) and on full ranking, in the inter_domain and mixed_history settings.",
     )
     def evaluation(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
-        import numpy as np
-
         from lgcd_core.device import resolve_device
         from lgcd_core.evaluation.run import run_evaluation
         from lgcd_core.io import atomic_dir, read_parquet
 
-        items = read_parquet(stage_path(cfg, "sequences", "items.parquet"))
-        sequences = read_parquet(stage_path(cfg, "sequences", "sequences.parquet"))
-        eval_cases = read_parquet(stage_path(cfg, "sequences", "eval_cases.parquet"))
+        items, sequences, eval_cases, vectors = sequence_inputs(cfg)
         pseudo = read_parquet(stage_path(cfg, "pseudo_overlap_sequences", "pseudo_overlap_sequences.parquet"))
-        vectors = np.load(stage_path(cfg, "item_text_embeddings", "embeddings.npy"))
         with atomic_dir(out_dir) as tmp:
             stats = run_evaluation(cfg, items, sequences, eval_cases, pseudo, vectors, cfg.stage_dir("pretrained_encoders"),
                                    cfg.stage_dir("lgcd_model"), tmp, resolve_device(cfg.device), log=context.log.info)
         metrics = read_parquet(out_dir / "metrics.parquet")
         metadata = table_metadata(metrics, out_dir / "metrics.parquet")
         metadata["report"] = dg.MetadataValue.path(str(out_dir / "report.md"))
-        if "table_md" in stats:
-            metadata["results"] = dg.MetadataValue.md(stats.pop("table_md"))
-        if (out_dir / "metrics.png").exists():
-            metadata["chart"] = image_metadata(out_dir / "metrics.png", "metrics")
-        metadata.update(stats_metadata({k: v for k, v in stats.items() if k != "png"}))
+        metadata["results"] = dg.MetadataValue.md(stats["markdown"])
+        metadata["chart"] = image_metadata(out_dir / "metrics.png", "metrics")
+        # the stats' paths point into the temporary folder the stage wrote before publishing it
+        metadata.update(stats_metadata({k: v for k, v in stats.items() if k not in {"markdown", "png", "report", "metrics"}}))
         return dg.MaterializeResult(metadata=metadata)
 
     return [evaluation]

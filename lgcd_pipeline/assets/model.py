@@ -13,7 +13,7 @@ import dagster as dg
 
 from lgcd_core.config import DatasetConfig
 from lgcd_pipeline.metadata import image_metadata, stats_metadata
-from lgcd_pipeline.stage import cache_dir, stage_asset, stage_path
+from lgcd_pipeline.stage import cache_dir, sequence_inputs, stage_asset, stage_path
 
 
 def _publish(work: Path, out_dir: Path) -> None:
@@ -24,19 +24,6 @@ def _publish(work: Path, out_dir: Path) -> None:
         for path in work.iterdir():
             if path.is_file():
                 shutil.copy2(path, tmp / path.name)
-
-
-def _inputs(cfg: DatasetConfig):
-    import numpy as np
-
-    from lgcd_core.io import read_parquet
-
-    return (
-        read_parquet(stage_path(cfg, "sequences", "items.parquet")),
-        read_parquet(stage_path(cfg, "sequences", "sequences.parquet")),
-        read_parquet(stage_path(cfg, "sequences", "eval_cases.parquet")),
-        np.load(stage_path(cfg, "item_text_embeddings", "embeddings.npy")),
-    )
 
 
 def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
@@ -50,7 +37,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.device import resolve_device
         from lgcd_core.model.pretrain import pretrain_encoders
 
-        items, sequences, eval_cases, vectors = _inputs(cfg)
+        items, sequences, eval_cases, vectors = sequence_inputs(cfg)
         work = cache_dir(cfg, "pretrained_encoders_run")
         stats = pretrain_encoders(cfg, items, sequences, eval_cases, vectors, work, resolve_device(cfg.device),
                                   log=context.log.info)
@@ -71,7 +58,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.io import read_parquet
         from lgcd_core.model.train_lgcd import train_lgcd
 
-        items, sequences, eval_cases, vectors = _inputs(cfg)
+        items, sequences, eval_cases, vectors = sequence_inputs(cfg)
         pseudo = read_parquet(stage_path(cfg, "pseudo_overlap_sequences", "pseudo_overlap_sequences.parquet"))
         work = cache_dir(cfg, "lgcd_model_run")
         stats = train_lgcd(cfg, items, sequences, eval_cases, pseudo, vectors, cfg.stage_dir("pretrained_encoders"),
