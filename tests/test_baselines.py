@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lgcd_core.config import BaselineSASRecConfig
-from lgcd_core.evaluation.baselines import popularity_scorer, train_sasrec
+from lgcd_core.evaluation.baselines import cached_train_sasrec, popularity_scorer, train_sasrec
 from lgcd_core.evaluation.candidates import draw_candidates
 from lgcd_core.evaluation.evaluate import evaluate_scorers
 
@@ -64,3 +64,32 @@ def test_popularity_counts_training_occurrences():
     scores = popularity_scorer(ITEMS, seqs)([[1], []], "A")
     assert scores.shape == (2, N_A + N_B + 1)
     assert scores[0, 2] == 3 and scores[1, 1] == 1 and scores[0, 13] == 1 and scores[0, 3] == 0
+
+
+def _cached(cache, cfg=TINY, sequences=SEQUENCES, log=None):
+    torch.set_num_threads(1)
+    return cached_train_sasrec(cache, ITEMS, sequences, CASES, "single", cfg, "cpu", seed=5,
+                               log=log if log is not None else (lambda _: None), valid_candidates=CANDIDATES["valid"])
+
+
+def test_cached_baseline_is_reused_only_for_identical_inputs(tmp_path):
+    trained, hit = _cached(tmp_path)
+    assert not hit and len(list(tmp_path.glob("sasrec_single_seed5_*.pt"))) == 1
+    lines = []
+    reused, hit = _cached(tmp_path, log=lines.append)
+    assert hit and not any("epoch" in line for line in lines)  # loaded, not trained
+    assert reused.log == trained.log
+    histories = [[1, 14, 3], [], [13, 2]]
+    for domain in ("A", "B"):
+        assert torch.equal(reused(histories, domain), trained(histories, domain))
+    assert evaluate_scorers({"m": reused}, CASES, CANDIDATES, ITEMS).equals(
+        evaluate_scorers({"m": trained}, CASES, CANDIDATES, ITEMS))
+    # another config or other training sequences is another key: trained afresh
+    assert not _cached(tmp_path, cfg=TINY.model_copy(update={"lr": 1e-2}))[1]
+    shorter = SEQUENCES.slice(0, 20)
+    assert not _cached(tmp_path, sequences=shorter)[1]
+    assert len(list(tmp_path.glob("*.pt"))) == 3
+
+
+def test_no_cache_folder_means_always_training():
+    assert not _cached(None)[1]

@@ -13,15 +13,22 @@ against uniform negatives), early-stopped on valid NDCG@10; test is never read.
   reads only the target domain's items of a history (none in ``inter_domain``).
 - ``mixed``: one model over all items, trained on whole mixed sequences; it reads the history it
   is given (source items only in ``inter_domain``).
+
+A trained baseline depends only on its config, seed, device type and the training and valid data,
+none of which an LGCD change touches; :func:`cached_train_sasrec` keeps it on disk under a key made
+of exactly those, so re-evaluating after an LGCD change does not retrain it.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -35,6 +42,7 @@ from lgcd_core.evaluation.candidates import split_cases
 from lgcd_core.evaluation.evaluate import Scorer, negatives_matrix, rank_cases
 from lgcd_core.evaluation.metrics import ndcg
 from lgcd_core.evaluation.settings import filter_histories, item_domains
+from lgcd_core.io import atomic_path
 from lgcd_core.model.sasrec import SequenceTransformer, last_real
 
 Mode = Literal["single", "mixed"]
@@ -204,6 +212,45 @@ def train_sasrec(items: pa.Table, sequences: pa.Table, eval_cases: pa.Table, mod
         record = _fit(scorer.models[key], seqs, evaluate, cfg, device, seed, log, f"sasrec_{mode}[{key}]")
         scorer.log += [{"model": key, **r} for r in record]
     return scorer
+
+
+def cached_train_sasrec(cache_dir: Path | None, items: pa.Table, sequences: pa.Table, eval_cases: pa.Table,
+                        mode: Mode, cfg: BaselineSASRecConfig, device: str, seed: int,
+                        log: Callable[[str], None] = print,
+                        valid_candidates: pa.Table | None = None) -> tuple[SASRecScorer, bool]:
+    """:func:`train_sasrec`, or the state it saved under ``cache_dir`` for identical inputs.
+
+    Returns the scorer and whether it came from the cache. ``cache_dir=None`` always trains.
+    """
+    if cache_dir is None:
+        return train_sasrec(items, sequences, eval_cases, mode, cfg, device, seed, log, valid_candidates), False
+    key = _cache_key(items, sequences, eval_cases, valid_candidates, mode, cfg, device, seed)
+    path = cache_dir / f"sasrec_{mode}_seed{seed}_{key}.pt"
+    if path.exists():
+        saved = torch.load(path, map_location=device, weights_only=True)
+        scorer = SASRecScorer({}, mode, item_domains(items), cfg.max_len, device, log=saved["log"])
+        for name, state in saved["models"].items():
+            scorer.models[name] = SASRec(torch.zeros(items.num_rows + 1), state["vocab"], cfg).to(device)
+            scorer.models[name].load_state_dict(state)
+        log(f"sasrec_{mode} (seed {seed}): trained model reused from {path}")
+        return scorer, True
+    scorer = train_sasrec(items, sequences, eval_cases, mode, cfg, device, seed, log, valid_candidates)
+    with atomic_path(path) as tmp:
+        torch.save({"models": {k: m.state_dict() for k, m in scorer.models.items()}, "log": scorer.log}, tmp)
+    return scorer, False
+
+
+def _cache_key(items: pa.Table, sequences: pa.Table, eval_cases: pa.Table, valid_candidates: pa.Table | None,
+               mode: Mode, cfg: BaselineSASRecConfig, device: str, seed: int) -> str:
+    """Hash of everything a trained baseline depends on (valid cases only: test is never read)."""
+    digest = hashlib.sha256(f"{mode}|{seed}|{torch.device(device).type}|{cfg.model_dump_json()}".encode())
+    tables = [items.select(["item_idx", "domain"]), sequences.select(["items"]), split_cases(eval_cases, "valid")]
+    for table in tables + ([valid_candidates] if valid_candidates is not None else []):
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        digest.update(sink.getvalue())
+    return digest.hexdigest()[:16]
 
 
 def _counts(sequences: list[list[int]], size: int) -> torch.Tensor:

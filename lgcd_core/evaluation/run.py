@@ -3,7 +3,8 @@
 Model code is imported lazily (lgcd_core.model.scoring / train_lgcd), and only through the
 :data:`~lgcd_core.evaluation.evaluate.Scorer` protocol. Trained models are scored per seed of
 ``evaluation.seeds``; the LGCD checkpoint in ``model_dir`` stands for the seed it was trained with
-(``lgcd.seed``), other seeds and every ablation variant are retrained here.
+(``lgcd.seed``), other seeds and every ablation variant are retrained here. SASRec baselines are
+kept in ``baseline_cache`` (when given) and reused while their own inputs are unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from lgcd_core.config import VARIANT_SWITCHES, DatasetConfig, LGCDConfig
 from lgcd_core.device import resolve_device
-from lgcd_core.evaluation.baselines import popularity_scorer, train_sasrec
+from lgcd_core.evaluation.baselines import cached_train_sasrec, popularity_scorer
 from lgcd_core.evaluation.candidates import draw_candidates
 from lgcd_core.evaluation.evaluate import Scorer, evaluate_scorers
 from lgcd_core.evaluation.report import metrics_table, plot_metrics, render_report
@@ -63,7 +64,7 @@ def draw_all_candidates(cfg: DatasetConfig, eval_cases: pa.Table, items: pa.Tabl
 
 def run_evaluation(cfg: DatasetConfig, items: pa.Table, sequences: pa.Table, eval_cases: pa.Table,
                    pseudo_overlap: pa.Table | None, embeddings: np.ndarray, encoders_dir: Path, model_dir: Path,
-                   out_dir: Path, device: str, log: Log = print) -> dict:
+                   out_dir: Path, device: str, log: Log = print, baseline_cache: Path | None = None) -> dict:
     """Score LGCD, its variants and the baselines on the same candidates; write metrics, report, chart."""
     from lgcd_core.model.scoring import load_encoder_scorer, load_lgcd_scorer
     from lgcd_core.model.train_lgcd import train_lgcd
@@ -72,7 +73,7 @@ def run_evaluation(cfg: DatasetConfig, items: pa.Table, sequences: pa.Table, eva
     device = resolve_device(device)
     domains = item_domains(items)
     candidates = draw_all_candidates(cfg, eval_cases, items, out_dir)
-    tables, train_seconds, training_logs = [], {}, {}
+    tables, train_seconds, training_logs, reused = [], {}, {}, []
     for seed in ev.seeds:
         scorers: dict[str, Scorer] = {}
         for name, lgcd_cfg in lgcd_runs(cfg, seed).items():
@@ -92,9 +93,11 @@ def run_evaluation(cfg: DatasetConfig, items: pa.Table, sequences: pa.Table, eva
         for mode in ("single", "mixed"):
             if f"sasrec_{mode}" in ev.baselines:
                 started = time.time()
-                scorer = train_sasrec(items, sequences, eval_cases, mode, ev.sasrec, device, seed, log,
-                                      valid_candidates=candidates.get("valid"))
+                scorer, hit = cached_train_sasrec(baseline_cache, items, sequences, eval_cases, mode, ev.sasrec,
+                                                  device, seed, log, valid_candidates=candidates.get("valid"))
                 scorers[f"sasrec_{mode}"] = scorer
+                if hit:
+                    reused.append(f"sasrec_{mode}/seed{seed}")
                 train_seconds[f"sasrec_{mode}/seed{seed}"] = round(time.time() - started, 1)
                 training_logs[f"sasrec_{mode}/seed{seed}"] = scorer.log
         if "pretrained_encoder" in ev.baselines:
@@ -105,7 +108,8 @@ def run_evaluation(cfg: DatasetConfig, items: pa.Table, sequences: pa.Table, eva
         tables.append(evaluate_scorers(scorers, eval_cases, candidates, items, ks=ev.ks, seed=seed,
                                        batch_size=ev.batch_size))
     metrics = pa.concat_tables(tables)
-    return write_outputs(cfg, items, metrics, candidates, out_dir, train_seconds, training_logs)
+    return {**write_outputs(cfg, items, metrics, candidates, out_dir, train_seconds, training_logs),
+            "baselines_reused": reused}
 
 
 def cfg_summary(cfg: DatasetConfig, items: pa.Table) -> dict:

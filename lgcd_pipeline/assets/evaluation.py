@@ -8,7 +8,7 @@ import dagster as dg
 
 from lgcd_core.config import DatasetConfig
 from lgcd_pipeline.metadata import image_metadata, stats_metadata, table_metadata
-from lgcd_pipeline.stage import sequence_inputs, stage_asset, stage_path
+from lgcd_pipeline.stage import cache_dir, sequence_inputs, stage_asset, stage_path
 
 
 def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
@@ -27,7 +27,8 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         pseudo = read_parquet(stage_path(cfg, "pseudo_overlap_sequences", "pseudo_overlap_sequences.parquet"))
         with atomic_dir(out_dir) as tmp:
             stats = run_evaluation(cfg, items, sequences, eval_cases, pseudo, vectors, cfg.stage_dir("pretrained_encoders"),
-                                   cfg.stage_dir("lgcd_model"), tmp, resolve_device(cfg.device), log=context.log.info)
+                                   cfg.stage_dir("lgcd_model"), tmp, resolve_device(cfg.device), log=context.log.info,
+                                   baseline_cache=cache_dir(cfg, "baselines"))
         metrics = read_parquet(out_dir / "metrics.parquet")
         metadata = table_metadata(metrics, out_dir / "metrics.parquet")
         metadata["report"] = dg.MetadataValue.path(str(out_dir / "report.md"))
