@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from pathlib import Path
 
 import yaml
@@ -33,3 +35,28 @@ def publish(text: str, name: str) -> Path:
     path = RESULTS_DIR / name
     path.write_text(text)
     return path
+
+
+def sync_stages(times_path: Path) -> dict[str, float]:
+    """Materialize every missing or stale stage of the workspace the environment points at.
+
+    One run per stage, in topological order; each stage's wall time is added to ``times_path`` (JSON)
+    as soon as it finishes, so a resumed run keeps the times of earlier invocations.
+    """
+    import dagster as dg
+
+    from lgcd_core.config import discover_datasets
+    from lgcd_pipeline.definitions import build_definitions
+    from lgcd_pipeline.staleness import plan_sync
+
+    defs = build_definitions(discover_datasets())
+    instance = dg.DagsterInstance.get()
+    seconds = json.loads(times_path.read_text()) if times_path.exists() else {}
+    plan = plan_sync(instance, defs.resolve_asset_graph())
+    for key in plan.keys:
+        started = time.perf_counter()
+        print(f"== {key.to_user_string()} ({plan.reasons[key]})", flush=True)
+        dg.materialize(defs.assets, selection=[key], instance=instance)
+        seconds[key.path[1]] = time.perf_counter() - started
+        times_path.write_text(json.dumps(seconds, indent=1))
+    return seconds

@@ -21,17 +21,15 @@ text-vector cache from an earlier run (e.g. ``datasets/food_kitchen/cache/text_v
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-from bench.common import isolated_workspace, publish
+from bench.common import isolated_workspace, publish, sync_stages
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = [("HR", 5), ("HR", 10), ("NDCG", 5), ("NDCG", 10)]
@@ -61,28 +59,6 @@ def _prepare(data_dir: Path, max_users: int | None, overrides: list[str]) -> tup
         deviations.append(f"pseudo users: a seeded sample of {max_users} single-domain users get LLM pseudo-texts")
     deviations += [_override(config, o) for o in overrides]
     return config, deviations
-
-
-def _run_stages(work: Path) -> dict[str, float]:
-    """Materialize each missing or stale stage in topological order, one run each, and time it."""
-    import dagster as dg
-
-    from lgcd_core.config import discover_datasets
-    from lgcd_pipeline.definitions import build_definitions
-    from lgcd_pipeline.staleness import plan_sync
-
-    defs = build_definitions(discover_datasets())
-    instance = dg.DagsterInstance.get()
-    times_path = work / "stage_seconds.json"
-    seconds = json.loads(times_path.read_text()) if times_path.exists() else {}
-    plan = plan_sync(instance, defs.resolve_asset_graph())
-    for key in plan.keys:
-        started = time.perf_counter()
-        print(f"== {key.to_user_string()} ({plan.reasons[key]})", flush=True)
-        dg.materialize(defs.assets, selection=[key], instance=instance)
-        seconds[key.path[1]] = time.perf_counter() - started
-        times_path.write_text(json.dumps(seconds, indent=1))
-    return seconds
 
 
 def _table(metrics_path: Path, paper_rows: list[dict], split: str) -> list[str]:
@@ -129,7 +105,7 @@ def main() -> None:
     print("Deviations from the paper's setup:\n" + "\n".join(f"  - {d}" for d in deviations), flush=True)
     print(f"Evaluating on {split}.", flush=True)
 
-    seconds = _run_stages(work)
+    seconds = sync_stages(work / "stage_seconds.json")
     lines = ["# Food-Kitchen reproduction", "", "Deviations from the paper:", *[f"- {d}" for d in deviations], "",
              f"Split: {split}; protocol: 999 sampled negatives, inter_domain (see report.md beside metrics.parquet).", "",
              *_table(work / "data" / "food_kitchen" / "evaluation" / "metrics.parquet", config["evaluation"]["paper_rows"], split),
