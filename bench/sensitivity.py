@@ -52,11 +52,16 @@ def set_field(config: dict, path: str, value) -> None:
     node[leaf] = value
 
 
-def resolved_field(config: dict, name: str, path: str):
-    """The value the pipeline uses for ``path``: the YAML's, or the schema default."""
+def resolved(config: dict, name: str):
+    """The config the pipeline builds from this YAML dict (schema defaults filled in)."""
     from lgcd_core.config import DatasetConfig
 
-    node = DatasetConfig.model_validate({**config, "name": name})
+    return DatasetConfig.model_validate({**config, "name": name})
+
+
+def resolved_field(config: dict, name: str, path: str):
+    """The value the pipeline uses for ``path``: the YAML's, or the schema default."""
+    node = resolved(config, name)
     for part in path.split("."):
         node = getattr(node, part)
     return node
@@ -104,7 +109,7 @@ def main() -> None:
     header = ["parameter", "value", "minutes"] + [f"{d} {m}@{k}" for d in ("A", "B") for m, k in METRICS]
     lines = [f"# Sensitivity on {args.dataset} (valid, inter_domain, LGCD)", "",
              "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    reference = None
+    reference, measured = None, {}  # resolved config -> (minutes, cells): a repeated point is not rerun
     try:
         for fields, values in sweeps:
             default = resolved_field(base, args.dataset, fields[0])
@@ -112,12 +117,14 @@ def main() -> None:
                 config = yaml.safe_load(yaml.safe_dump(base))
                 for field in fields:
                     set_field(config, field, value)
-                yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+                point = resolved(config, args.dataset).model_dump_json()
                 print(f"### {'+'.join(fields)} = {value}", flush=True)
-                started = time.perf_counter()
-                sync_stages(work / "sensitivity_seconds.json")
-                minutes = (time.perf_counter() - started) / 60
-                cells = lgcd_summary(metrics_path)
+                if point not in measured:
+                    yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+                    started = time.perf_counter()
+                    sync_stages(work / "sensitivity_seconds.json")
+                    measured[point] = ((time.perf_counter() - started) / 60, lgcd_summary(metrics_path))
+                minutes, cells = measured[point]
                 reference = reference or lgcd_summary(metrics_path, "sasrec_mixed")
                 mark = " (YAML)" if value == default else ""
                 lines.append(f"| {'+'.join(fields)} | {value}{mark} | {minutes:.1f} | " + " | ".join(cells.values()) + " |")
