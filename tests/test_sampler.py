@@ -4,7 +4,7 @@ import pytest
 from lgcd_core.model.sampler import CyclicBatchSampler
 
 
-@pytest.mark.parametrize("n_pseudo", [95, 96, 7])
+@pytest.mark.parametrize("n_pseudo", [95, 96, 30])
 def test_every_batch_has_exactly_m_overlap_rows(n_pseudo):
     overlap, pseudo = np.arange(10), np.arange(100, 100 + n_pseudo)
     s = CyclicBatchSampler(overlap, pseudo, batch_size=16, overlap_per_batch=4, seed=3)
@@ -15,6 +15,17 @@ def test_every_batch_has_exactly_m_overlap_rows(n_pseudo):
             assert np.isin(b, overlap).sum() == 4
         got = np.concatenate([b[~np.isin(b, overlap)] for b in batches])
         assert sorted(got) == list(pseudo)  # every pseudo row once per epoch
+
+
+@pytest.mark.parametrize("n_pseudo", [7, 1])
+def test_few_pseudo_rows_still_give_an_epoch_of_every_overlap_row(n_pseudo):
+    overlap, pseudo = np.arange(50), np.arange(100, 100 + n_pseudo)
+    s = CyclicBatchSampler(overlap, pseudo, batch_size=16, overlap_per_batch=4, seed=3)
+    batches = s.epoch(1)
+    mixed, plain = batches[0], batches[1:]
+    assert sorted(mixed[~np.isin(mixed, overlap)]) == list(pseudo) and np.isin(mixed, overlap).sum() == 4
+    assert len(plain) == 3 and all(len(b) == 16 and np.isin(b, overlap).all() for b in plain)  # 4 + 3 * 16 >= 50
+    assert set(np.concatenate(batches)) >= set(overlap)
 
 
 def test_overlap_rows_cycle_before_repeating():

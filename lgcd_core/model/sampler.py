@@ -3,8 +3,11 @@
 An epoch is one pass over the pseudo-overlap rows, ``batch_size - overlap_per_batch`` per batch (the
 last batch may hold fewer); every batch, the last included, holds exactly ``overlap_per_batch``
 overlap rows, drawn by cycling through a shuffled order of the overlap rows that is reshuffled each
-time it is used up (the cycle carries over from epoch to epoch through ``state``). With no pseudo
-rows an epoch is one pass over the overlap rows. ``cyclic=False`` ('w/o cyclic batches') pools both
+time it is used up (the cycle carries over from epoch to epoch through ``state``). An epoch also
+covers the overlap rows at least once: when the pseudo rows are too few for that (no pseudo rows, or
+an LLM run capped to a sample of users), it continues with batches of ``batch_size`` overlap rows
+until as many overlap rows as there are have been drawn. Without this, a capped run's epoch would be
+a handful of batches and train on a sliver of the real overlap users. ``cyclic=False`` ('w/o cyclic batches') pools both
 kinds and cuts the shuffled pool into plain batches.
 
 Deterministic given (seed, epoch, state). ``rank``/``world_size`` shard the batches of an epoch for
@@ -52,14 +55,13 @@ class CyclicBatchSampler:
         if not self.cyclic:
             pool = rng.permutation(np.concatenate([self.overlap, self.pseudo]))
             batches = [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-        elif len(self.pseudo) == 0:
-            n_batches = -(-len(self.overlap) // self.batch_size)
-            batches = [self._take_overlap(self.m) for _ in range(n_batches)]
         else:
             per = self.batch_size - self.m
             pseudo = rng.permutation(self.pseudo)
             batches = [np.concatenate([self._take_overlap(self.m), pseudo[i:i + per]])
-                       for i in range(0, len(pseudo), per)]
+                       for i in range(0, len(pseudo), max(per, 1))]
+            short = len(self.overlap) - self.m * len(batches)  # overlap rows this epoch has not drawn yet
+            batches += [self._take_overlap(self.batch_size) for _ in range(max(0, -(-short // self.batch_size)))]
         if self.world_size > 1:
             usable = len(batches) - len(batches) % self.world_size or len(batches)
             batches = batches[self.rank:usable:self.world_size]
