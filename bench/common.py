@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -60,3 +61,12 @@ def sync_stages(times_path: Path) -> dict[str, float]:
         seconds[key.path[1]] = time.perf_counter() - started
         times_path.write_text(json.dumps(seconds, indent=1))
     return seconds
+
+
+def mean_std(values: list[float]) -> str:
+    """'0.2713' for one seed, '0.2713 ± 0.0042' (sample std over seeds, as report.md) for several, '–' for none."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import isolated_workspace, publish, sync_stages
+from bench.common import isolated_workspace, mean_std, publish, sync_stages
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = [("HR", 5), ("HR", 10), ("NDCG", 5), ("NDCG", 10)]
@@ -75,7 +75,7 @@ def _table(metrics_path: Path, paper_rows: list[dict], split: str) -> list[str]:
                 values = [r["value"] for r in rows if r["model"] == model and r["target_domain"] == domain
                           and r["metric"] == metric and r["k"] == k and r["split"] == split
                           and r["protocol"] == "sampled999" and r["setting"] == "inter_domain"]
-                cells.append(f"{sum(values) / len(values):.4f}" if values else "–")
+                cells.append(mean_std(values))
         lines.append(f"| {model} (ours, {split}) | " + " | ".join(cells) + " |")
     for row in paper_rows:
         cells = [f"{row['values'].get(f'{d}:{m}@{k}', float('nan')):.4f}" for d in ("A", "B") for m, k in COLUMNS]
@@ -107,7 +107,8 @@ def main() -> None:
 
     seconds = sync_stages(work / "stage_seconds.json")
     lines = ["# Food-Kitchen reproduction", "", "Deviations from the paper:", *[f"- {d}" for d in deviations], "",
-             f"Split: {split}; protocol: 999 sampled negatives, inter_domain (see report.md beside metrics.parquet).", "",
+             f"Split: {split}; protocol: 999 sampled negatives, inter_domain (see report.md beside metrics.parquet); "
+             f"seeds {config['evaluation'].get('seeds', [0])}, mean ± std where several.", "",
              *_table(work / "data" / "food_kitchen" / "evaluation" / "metrics.parquet", config["evaluation"]["paper_rows"], split),
              "", "| stage | wall time (s) |", "|---|---:|", *[f"| {s} | {t:.0f} |" for s, t in seconds.items()],
              f"| total | {sum(seconds.values()):.0f} |"]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import REPO_ROOT, isolated_workspace, publish, sync_stages
+from bench.common import REPO_ROOT, isolated_workspace, mean_std, publish, sync_stages
 
 DEFAULT_SWEEPS = ["grounding.n_k=5,10,20", "lgcd.T=50,100,200", "lgcd.lambda_A+lgcd.lambda_B=0.1,0.3,0.5,0.7,0.9"]
 METRICS = [("NDCG", 10), ("HR", 10)]
@@ -69,7 +69,6 @@ def resolved_field(config: dict, name: str, path: str):
 
 def lgcd_summary(metrics_path: Path, model: str = "lgcd") -> dict[str, str]:
     """'A NDCG@10' -> 'mean ± std' over seeds of ``model`` on valid, sampled, inter_domain."""
-    import numpy as np
     import pyarrow.parquet as pq
 
     rows = [r for r in pq.read_table(metrics_path).to_pylist()
@@ -79,7 +78,7 @@ def lgcd_summary(metrics_path: Path, model: str = "lgcd") -> dict[str, str]:
     for domain in ("A", "B"):
         for metric, k in METRICS:
             values = [r["value"] for r in rows if r["target_domain"] == domain and r["metric"] == metric and r["k"] == k]
-            out[f"{domain} {metric}@{k}"] = f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "–"
+            out[f"{domain} {metric}@{k}"] = mean_std(values)
     return out
 
 
