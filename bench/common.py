@@ -48,10 +48,13 @@ def sync_stages(times_path: Path) -> dict[str, float]:
 
     from lgcd_core.config import discover_datasets
     from lgcd_pipeline.definitions import build_definitions
+    from lgcd_pipeline.runs import release_orphaned_runs
     from lgcd_pipeline.staleness import plan_sync
 
     defs = build_definitions(discover_datasets())
     instance = dg.DagsterInstance.get()
+    for run_id in release_orphaned_runs(instance):  # a killed earlier invocation would block the gpu pool
+        print(f"released run {run_id}: its process was killed", flush=True)
     seconds = json.loads(times_path.read_text()) if times_path.exists() else {}
     plan = plan_sync(instance, defs.resolve_asset_graph())
     for key in plan.keys:

@@ -1,6 +1,7 @@
 """The `lgcd` command: re-run only what is stale, and print a dataset's results.
 
     lgcd sync [--dataset NAME] [--dry-run]   materialize stale/missing assets and their downstream, once each
+                                             (first releasing runs whose process was killed; lgcd_pipeline.runs)
     lgcd status [--dataset NAME]             Dagster's own status of every asset, and why
     lgcd summary --dataset NAME              stage figures and the results table of the last run
 
@@ -41,9 +42,18 @@ def _scope(graph, dataset: str | None) -> set:
 def sync(dataset: str | None, dry_run: bool) -> int:
     import dagster as dg
 
+    from lgcd_pipeline.runs import orphaned_runs, release_orphaned_runs
     from lgcd_pipeline.staleness import plan_sync
 
     instance, defs = _instance_and_defs()
+    if dry_run:
+        for run in orphaned_runs(instance):
+            print(f"lgcd sync: run {run.run_id} was left running by a dead process; a real sync releases it",
+                  file=sys.stderr)
+    else:
+        for run_id in release_orphaned_runs(instance):
+            print(f"lgcd sync: run {run_id} was left running by a dead process: marked failed, pool slots freed",
+                  file=sys.stderr)
     graph = defs.resolve_asset_graph()
     plan = plan_sync(instance, graph, _scope(graph, dataset))
     if dry_run:
