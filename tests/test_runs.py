@@ -11,7 +11,7 @@ import time
 import dagster as dg
 
 from lgcd_pipeline.runs import orphaned_runs, release_orphaned_runs
-from tests.conftest import REPO_ROOT
+from conftest import REPO_ROOT
 
 SCRIPT = textwrap.dedent("""
     import sys, time
