@@ -38,6 +38,25 @@ def publish(text: str, name: str) -> Path:
     return path
 
 
+def set_field(config: dict, path: str, value) -> None:
+    """Set ``section.field`` (any depth) of a YAML dict, creating missing sections."""
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def apply_assignment(config: dict, assignment: str) -> str:
+    """Apply one ``section.field=value`` (value parsed as YAML); returns it as a deviation line."""
+    path, sep, raw = assignment.partition("=")
+    if not sep or not path:
+        raise SystemExit(f"--set {assignment!r}: expected section.field=value")
+    value = yaml.safe_load(raw)
+    set_field(config, path, value)
+    return f"{path} = {value!r} (override)"
+
+
 def sync_stages(times_path: Path) -> dict[str, float]:
     """Materialize every missing or stale stage of the workspace the environment points at.
 

@@ -29,23 +29,10 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import isolated_workspace, mean_std, publish, sync_stages
+from bench.common import apply_assignment, isolated_workspace, mean_std, publish, sync_stages
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = [("HR", 5), ("HR", 10), ("NDCG", 5), ("NDCG", 10)]
-
-
-def _override(config: dict, assignment: str) -> str:
-    """Apply one ``section.field=value`` to the YAML dict; returns it as a deviation line."""
-    path, sep, raw = assignment.partition("=")
-    if not sep or not path:
-        sys.exit(f"--set {assignment!r}: expected section.field=value")
-    *parents, leaf = path.split(".")
-    node = config
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = yaml.safe_load(raw)
-    return f"{path} = {node[leaf]!r} (override)"
 
 
 def _prepare(data_dir: Path, max_users: int | None, overrides: list[str]) -> tuple[dict, list[str]]:
@@ -57,7 +44,7 @@ def _prepare(data_dir: Path, max_users: int | None, overrides: list[str]) -> tup
     if max_users:
         config.setdefault("llm", {})["max_users"] = max_users
         deviations.append(f"pseudo users: a seeded sample of {max_users} single-domain users get LLM pseudo-texts")
-    deviations += [_override(config, o) for o in overrides]
+    deviations += [apply_assignment(config, o) for o in overrides]
     return config, deviations
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import REPO_ROOT, isolated_workspace, mean_std, publish, sync_stages
+from bench.common import REPO_ROOT, apply_assignment, isolated_workspace, mean_std, publish, set_field, sync_stages
 
 DEFAULT_SWEEPS = ["grounding.n_k=5,10,20", "lgcd.T=50,100,200", "lgcd.lambda_A+lgcd.lambda_B=0.1,0.3,0.5,0.7,0.9"]
 METRICS = [("NDCG", 10), ("HR", 10)]
@@ -42,14 +42,6 @@ def parse_sweep(text: str) -> tuple[list[str], list]:
     if not sep or not fields or not values:
         raise SystemExit(f"--sweep {text!r}: expected section.field[+section.field]=v1,v2,...")
     return fields.split("+"), [yaml.safe_load(v) for v in values.split(",")]
-
-
-def set_field(config: dict, path: str, value) -> None:
-    *parents, leaf = path.split(".")
-    node = config
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
 
 
 def resolved(config: dict, name: str):
@@ -100,8 +92,7 @@ def main() -> None:
     set_field(base, "evaluation.baselines", ["sasrec_mixed"])
     set_field(base, "evaluation.variants", [])
     for assignment in args.overrides:
-        path, _, raw = assignment.partition("=")
-        set_field(base, path, yaml.safe_load(raw))
+        apply_assignment(base, assignment)
     os.environ.update(isolated_workspace(work, {args.dataset: base}))
     metrics_path = work / "data" / args.dataset / "evaluation" / "metrics.parquet"
 

@@ -7,8 +7,8 @@ time it is used up (the cycle carries over from epoch to epoch through ``state``
 covers the overlap rows at least once: when the pseudo rows are too few for that (no pseudo rows, or
 an LLM run capped to a sample of users), it continues with batches of ``batch_size`` overlap rows
 until as many overlap rows as there are have been drawn. Without this, a capped run's epoch would be
-a handful of batches and train on a sliver of the real overlap users. ``cyclic=False`` ('w/o cyclic batches') pools both
-kinds and cuts the shuffled pool into plain batches.
+a handful of batches and train on a sliver of the real overlap users. ``cyclic=False`` ('w/o cyclic
+batches') pools both kinds and cuts the shuffled pool into plain batches.
 
 Deterministic given (seed, epoch, state). ``rank``/``world_size`` shard the batches of an epoch for
 data-parallel launches (every rank gets the same number of batches).
