@@ -1,54 +1,133 @@
 """Code versions: what a stage's Dagster `code_version` is made of.
 
-A stage's code version hashes (1) the source files of the `lgcd_core` modules that implement it and
-(2) the part of the dataset YAML that configures it (`DatasetConfig.stage_hash`). Dagster derives
-each materialization's data version from the code version and the data versions of its inputs, so
-editing a stage's code or its YAML section makes that stage stale, and the new data version it gets
-when re-materialized makes its downstream stale in turn. Nothing upstream is touched.
+A stage's code version hashes (1) the source of every `lgcd_core` module the stage runs and (2) the
+part of the dataset YAML that configures it (`DatasetConfig.stage_hash`). Dagster derives each
+materialization's data version from the code version and the data versions of its inputs, so editing
+a stage's code or its YAML section makes that stage stale, and the new data version it gets when
+re-materialized makes its downstream stale in turn. Nothing upstream is touched.
 
-Only files are read (never imported), so loading the definitions stays cheap.
+Which modules a stage runs is computed, never listed by hand: the stage's entry is its asset function
+(the function decorated with ``stage_asset(cfg, "<stage>", ...)`` under ``lgcd_pipeline/assets/``); the
+`lgcd_core` modules imported there, or by its asset module at top level, are the roots, and the
+static import graph of `lgcd_core` (imports inside functions included, as are the packages'
+``__init__`` files that importing a module runs) closes them transitively.
+
+Only files are parsed (never imported), so loading the definitions stays cheap.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from functools import cache
 from pathlib import Path
 
-from lgcd_core.config import DatasetConfig
+from lgcd_core.config import STAGE_CONFIG_KEYS, DatasetConfig
 
-CORE = Path(__file__).resolve().parent.parent / "lgcd_core"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "lgcd_core"
+STAGES: tuple[str, ...] = tuple(STAGE_CONFIG_KEYS)
 
-# The lgcd_core modules whose source defines each stage's output.
-STAGE_MODULES: dict[str, tuple[str, ...]] = {
-    "raw_interactions": ("data/readers.py", "data/amazon.py", "data/llmcdsr.py", "data/safe_pickle.py", "data/synthetic.py"),
-    "raw_items": ("data/readers.py", "data/amazon.py", "data/llmcdsr.py", "data/safe_pickle.py"),
-    "filtered_interactions": ("data/kcore.py",),
-    "sequences": ("data/sequences.py",),
-    "item_text_embeddings": ("language/text_encoder.py",),
-    "pseudo_texts": ("language/pseudo_text.py", "language/prompts.py", "language/parsing.py", "language/llm_backends.py", "templates/a_to_b.txt", "templates/b_to_a.txt"),
-    "grounded_items": ("language/grounding.py", "language/text_encoder.py"),
-    "pseudo_overlap_sequences": ("language/pseudo_overlap.py",),
-    "pretrained_encoders": ("model/sasrec.py", "model/encoders.py", "model/batches.py", "model/pretrain.py"),
-    "lgcd_model": ("model/sasrec.py", "model/encoders.py", "model/batches.py", "model/diffusion.py", "model/lgcd.py", "model/sampler.py", "model/scoring.py", "model/train_lgcd.py"),
-    "evaluation": ("evaluation/metrics.py", "evaluation/candidates.py", "evaluation/settings.py", "evaluation/evaluate.py", "evaluation/baselines.py", "evaluation/run.py", "model/scoring.py"),
-}
 
-STAGES: tuple[str, ...] = tuple(STAGE_MODULES)
+def module_files(root: Path = REPO_ROOT) -> dict[str, Path]:
+    """Every module of `lgcd_core` under ``root``, by dotted name (a package by its ``__init__``)."""
+    files = {}
+    for path in sorted((root / PACKAGE).rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        files[".".join(parts)] = path
+    return files
+
+
+def _imported(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> set[str]:
+    """The `lgcd_core` modules named by the import statements anywhere in ``tree``."""
+    package = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return {name for name in found if name in known}
+
+
+def _with_parents(module: str) -> set[str]:
+    """Importing ``a.b.c`` runs ``a`` and ``a.b`` first."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
 
 
 @cache
-def _source_hash(stage: str) -> str:
+def import_graph(root: Path = REPO_ROOT) -> dict[str, frozenset[str]]:
+    """Module -> the `lgcd_core` modules its source imports (directly)."""
+    files = module_files(root)
+    known = set(files)
+    graph = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        direct = _imported(tree, name, path.name == "__init__.py", known)
+        graph[name] = frozenset(m for d in direct for m in _with_parents(d) if m in known and m != name)
+    return graph
+
+
+def _stage_of(decorator: ast.expr) -> str | None:
+    """``"raw_items"`` for ``@stage_asset(cfg, "raw_items", ...)``; None for any other decorator."""
+    if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == "stage_asset":
+        if len(decorator.args) >= 2 and isinstance(decorator.args[1], ast.Constant):
+            return str(decorator.args[1].value)
+    return None
+
+
+@cache
+def stage_roots(root: Path = REPO_ROOT) -> dict[str, frozenset[str]]:
+    """Stage -> the `lgcd_core` modules its asset function (and its asset module's top level) imports."""
+    known = set(module_files(root))
+    roots: dict[str, frozenset[str]] = {}
+    for path in sorted((root / "lgcd_pipeline" / "assets").glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        top_level = _imported(ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))],
+                                         type_ignores=[]), "", False, known)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                for stage in filter(None, map(_stage_of, node.decorator_list)):
+                    if stage in roots:
+                        raise ValueError(f"{path}:{node.lineno}: stage {stage!r} is defined twice")
+                    roots[stage] = frozenset(top_level | _imported(node, "", False, known))
+    return roots
+
+
+@cache
+def stage_modules(stage: str, root: Path = REPO_ROOT) -> tuple[str, ...]:
+    """Every `lgcd_core` module ``stage`` runs: the transitive import closure of its roots."""
+    graph = import_graph(root)
+    seen: set[str] = set()
+    todo = [m for r in stage_roots(root)[stage] for m in _with_parents(r) if m in graph]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph[module] - seen)
+    return tuple(sorted(seen))
+
+
+def source_hash(stage: str, root: Path = REPO_ROOT) -> str:
+    """Hash of the source of every module ``stage`` runs."""
+    files = module_files(root)
     digest = hashlib.sha256()
-    for rel in STAGE_MODULES[stage]:
-        path = CORE / rel
-        digest.update(rel.encode())
-        digest.update(path.read_bytes() if path.exists() else b"<missing>")
+    for module in stage_modules(stage, root):
+        digest.update(module.encode())
+        digest.update(files[module].read_bytes())
     return digest.hexdigest()[:10]
 
 
 def _referenced_files_hash(cfg: DatasetConfig, stage: str) -> str:
-    """Content of files the YAML points at (custom prompt templates): editing one is a config change."""
+    """Content of files the YAML points at (prompt templates): editing one is a config change."""
     if stage != "pseudo_texts":
         return ""
     from lgcd_core.language.prompts import template_path
@@ -60,10 +139,15 @@ def _referenced_files_hash(cfg: DatasetConfig, stage: str) -> str:
     return "-" + digest.hexdigest()[:8]
 
 
+@cache
+def _cached_source_hash(stage: str) -> str:
+    return source_hash(stage)
+
+
 def code_version(cfg: DatasetConfig, stage: str) -> str:
     """`<code hash>-<config hash>`: changes when the stage's code or its YAML section changes.
 
-    For `pseudo_texts` the content of the prompt templates is part of the version too, so editing a
-    template file in place is seen like editing the YAML.
+    For `pseudo_texts` the content of the prompt templates (the default ones included) is part of the
+    version too, so editing a template file in place is seen like editing the YAML.
     """
-    return f"{_source_hash(stage)}-{cfg.stage_hash(stage)}{_referenced_files_hash(cfg, stage)}"
+    return f"{_cached_source_hash(stage)}-{cfg.stage_hash(stage)}{_referenced_files_hash(cfg, stage)}"
