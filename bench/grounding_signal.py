@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -99,7 +99,7 @@ def main() -> None:
     lines = [
         f"# Grounding signal on {args.dataset} (valid users' source histories; targets never read)",
         "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; LLM `{gen_stats['model']}`, {len(users)} users, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; LLM `{gen_stats['model']}`, {len(users)} users, "
         f"n_K = {cfg.grounding.n_k}, unusable answers {gen_stats['unusable_share']:.1%} (grounded from the source history instead).",
         "",
         "| measure | grounded items | random target-domain items | lift |",

@@ -17,7 +17,7 @@ import argparse
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: python bench/llm_throughput.py
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# LLM throughput: pseudo_texts transformers backend vs bare `model.generate`",
         "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, device `{device}`, {platform.processor() or platform.machine()}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, device `{device}`, {platform.processor() or platform.machine()}, "
         f"model `{backend.model_id}`, greedy, max_new_tokens {args.max_new_tokens}, "
         "prompts = max(4, 2 x batch), best of two runs (A-B-B-A order).",
         "",

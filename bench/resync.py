@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -67,7 +67,7 @@ def main() -> None:
     lines = [
         f"# `lgcd sync` cost against a full run ({name})",
         "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} CPUs; wall time of the "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} CPUs; wall time of the "
         "`lgcd sync` command, process start-up included.",
         "",
         "| sync | seconds | ratio to full run | stages run |",

@@ -34,7 +34,7 @@ class PeakMemory:
     def __init__(self, device: str) -> None:
         self.device, self.peak, self._stop = device, 0, threading.Event()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -117,10 +117,10 @@ def bench_lgcd(data, index, pcfg: PretrainConfig, lc: LGCDConfig, steps: int, de
         gen = torch.Generator().manual_seed(0)
         model.train()
 
-        def step(i: int) -> tuple[int, int]:
-            batch = dd.batch(batches[i % len(batches)], device)
+        def step(i: int) -> tuple[int, int]:  # called only within this iteration of the loop
+            batch = dd.batch(batches[i % len(batches)], device)  # noqa: B023
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=lc.bf16 and device.startswith("cuda")):
-                out = model(dr, batch, gen)
+                out = model(dr, batch, gen)  # noqa: B023
             opt.zero_grad()
             out["total"].backward()
             opt.step()
@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['phase']} | {r['steps']} | {r['seq_per_s']:.0f} | {r['ms_per_step']:.1f} | {r['mib']:.0f} | {extra} |"
                      if "mib" in r else
                      f"| {r['phase']} | {r['steps']} | {r['seq_per_s']:.0f} | {r['ms_per_step']:.1f} | {r['peak_mib']:.0f} | {extra} |")
-    dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    cpu_name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name
     memo = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "peak process RSS (psutil)"
     text = (f"# Training speed\n\nDevice: {dev_name}; torch {torch.__version__}; batch {pcfg.batch_size} (pretrain) / "
             f"{lc.batch_size} with {lc.overlap_per_batch} overlap rows (LGCD); d={pcfg.d}; T={lc.T}, "

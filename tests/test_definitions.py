@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from conftest import TINY_YAML
+
 from lgcd_core.config import DatasetConfig
 from lgcd_pipeline.definitions import build_definitions, defs
 from lgcd_pipeline.versions import STAGES
-
-from conftest import TINY_YAML
 
 
 def test_importing_definitions_does_not_import_heavy_libraries() -> None:

@@ -125,8 +125,10 @@ def test_rerun_generates_nothing_and_keeps_unusable_answers(tmp_path, job):
 
 def test_max_users_sample_is_seeded_and_recorded(tmp_path, job):
     items, seqs = job.tables()
-    run = lambda seed: generate_pseudo_texts(job.config(max_users=4, sample_seed=seed), items, seqs, tmp_path, "cpu",
-                                             log=lambda m: None, backend=job.FakeBackend())
+    def run(seed):
+        return generate_pseudo_texts(job.config(max_users=4, sample_seed=seed), items, seqs, tmp_path, "cpu",
+                                     log=lambda m: None, backend=job.FakeBackend())
+
     (a, stats), (b, _), (c, _) = run(1), run(1), run(2)
     assert a.num_rows == 4 and stats["max_users"] == 4 and stats["n_single_domain_users"] == job.N_USERS
     assert a.column("user_idx").to_pylist() == b.column("user_idx").to_pylist() != c.column("user_idx").to_pylist()

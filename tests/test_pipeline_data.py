@@ -9,7 +9,6 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
-
 from pipeline_helpers import DATA_STAGES, materialize
 
 

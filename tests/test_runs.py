@@ -9,9 +9,9 @@ import textwrap
 import time
 
 import dagster as dg
+from conftest import REPO_ROOT
 
 from lgcd_pipeline.runs import orphaned_runs, release_orphaned_runs
-from conftest import REPO_ROOT
 
 SCRIPT = textwrap.dedent("""
     import sys, time

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
+from pipeline_helpers import DATA_STAGES, keys, materialize, tiny_defs
 
 from lgcd_pipeline.staleness import direct_status, plan_sync
-from pipeline_helpers import DATA_STAGES, keys, materialize, tiny_defs
 
 
 def _edit_yaml(tiny_env: Path, section: str, values: dict) -> None:

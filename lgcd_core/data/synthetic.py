@@ -19,7 +19,7 @@ import gzip
 import json
 import string
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ FILES: dict[str, AmazonFiles] = {
 }
 DOMAIN_NAMES = {"A": "Grocery", "B": "Kitchen"}
 ROOT_CATEGORIES = {"A": ["Grocery & Gourmet Food"], "B": ["Home & Kitchen", "Kitchen & Dining"]}
-START = int(datetime(2015, 1, 1, tzinfo=timezone.utc).timestamp())
+START = int(datetime(2015, 1, 1, tzinfo=UTC).timestamp())
 SPAN_DAYS = 3 * 365
 MEAN_GAP_DAYS = 12
 
@@ -238,7 +238,7 @@ def _users(rng: np.random.Generator, spec: SyntheticSpec, items: dict[str, list[
         for k in order:
             t += 3600 + int(rng.exponential(MEAN_GAP_DAYS * 86400))
             d, i = events[k]
-            day = datetime.fromtimestamp(t, tz=timezone.utc)
+            day = datetime.fromtimestamp(t, tz=UTC)
             reviews.append(
                 {
                     "overall": float(rng.integers(3, 6)),

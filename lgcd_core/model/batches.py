@@ -33,7 +33,7 @@ class ItemIndex:
     global_of: dict[str, np.ndarray]  # domain -> (n_D+1,) global ids of local ids, [0] = 0
 
     @classmethod
-    def from_table(cls, items: pa.Table) -> "ItemIndex":
+    def from_table(cls, items: pa.Table) -> ItemIndex:
         idx = np.asarray(items.column("item_idx").to_numpy(), dtype=np.int64)
         dom = np.asarray(items.column("domain").to_pylist())
         n = int(idx.max()) if len(idx) else 0

@@ -55,7 +55,8 @@ class DiffusionSchedule:
         ab = self._at(self.alpha_bars, t, x0)
         return ab ** 0.5 * x0 + (1.0 - ab) ** 0.5 * noise
 
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor | int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor | int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw x_t ~ q(x_t | x0) (eq. 10); returns (x_t, ε)."""
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return self.add_noise(x0, noise, t), noise

@@ -172,7 +172,7 @@ class LGCDModel(nn.Module):
 
     # ---- bookkeeping -------------------------------------------------------------------------
 
-    def train(self, mode: bool = True) -> "LGCDModel":
+    def train(self, mode: bool = True) -> LGCDModel:
         super().train(mode)
         if self.cfg.freeze_encoders:
             self.enc.eval()  # frozen encoders: no dropout either
