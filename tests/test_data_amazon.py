@@ -144,7 +144,7 @@ def test_missing_field_and_bad_timestamp_name_line_and_field(tmp_path: Path) -> 
     with pytest.raises(DataError, match=r"ra\.json:2: field 'asin' missing"):
         read_interactions(cfg)
     cfg = _simple(tmp_path, [review("u1", "a1", "yesterday")], [meta18("a1", "Tea")])
-    with pytest.raises(DataError, match=r"ra\.json:1: field 'unixReviewTime' missing or not an integer"):
+    with pytest.raises(DataError, match=r"ra\.json:1: field 'unixReviewTime' is not a number"):
         read_interactions(cfg)
 
 

@@ -110,6 +110,12 @@ def test_domain_emptied_by_k_core_is_an_error() -> None:
         apply_filters(table, items_of(table), FilterConfig(k_core=3))
 
 
+def test_input_without_a_domain_is_an_error() -> None:
+    table = interactions([(0, 0, "A"), (1, 0, "A"), (2, 1, "B")], ["train", "train", "valid"])
+    with pytest.raises(DataError, match=r"raw_interactions has no training interactions in domain B"):
+        apply_filters(table, items_of(table), FilterConfig(k_core=None))
+
+
 def test_unknown_item_and_time_window_on_positions_are_errors() -> None:
     table = interactions([(0, 0, "A"), (0, 1, "B")])
     with pytest.raises(DataError, match=r"^1: item 'i1' \(domain B\) is not in raw_items"):

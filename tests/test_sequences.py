@@ -15,6 +15,7 @@ from lgcd_core.data.sequences import (
     check_ids_in_index,
     check_no_empty_sequence,
     check_targets_not_in_training,
+    require_every_domain,
     sequence_stats,
 )
 from lgcd_core.io import DataError
@@ -136,6 +137,20 @@ def test_llmcdsr_cases_come_from_split_hints_and_index_from_source() -> None:
         build_sequences(table(rows[:2], ["train", "valid"]), items, SplitConfig())
     with pytest.raises(DataError, match="some rows only"):
         build_sequences(table(rows[:4], ["train", "train", None, None]), items, SplitConfig())
+
+
+def test_every_domain_needs_training_items_and_evaluation_targets() -> None:
+    interactions = population(20)  # every overlap user ends on a B item
+    split = SplitConfig(valid_ratio=0.2, test_ratio=0.2)
+    with pytest.raises(DataError, match=r"no valid evaluation case has a domain-A target \(4 valid cases\); 20 overlap"):
+        require_every_domain(build(interactions, split), interactions, split)
+    no_split = SplitConfig(valid_ratio=0.0, test_ratio=0.0)
+    with pytest.raises(DataError, match=r"no evaluation cases; split\.valid_ratio and split\.test_ratio are both 0"):
+        require_every_domain(build(interactions, no_split), interactions, no_split)
+    only_held_out_b = table([("u", "a1", "A", 0), ("u", "b1", "B", 1), ("v", "a1", "A", 0)])
+    hold_one = SplitConfig(valid_ratio=0.6, test_ratio=0.0)
+    with pytest.raises(DataError, match=r"no training sequence has a domain-B item \(1 users held out"):
+        require_every_domain(build(only_held_out_b, hold_one), only_held_out_b, hold_one)
 
 
 def test_unknown_item_is_an_error_naming_the_origin() -> None:

@@ -24,6 +24,7 @@ from lgcd_core.data.readers import with_stats
 from lgcd_core.io import DataError
 
 EVAL_SPLITS = ("valid", "test")
+DOMAINS = ("A", "B")
 
 
 def codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -87,6 +88,15 @@ def _check_not_emptied(before: dict[str, int], after: dict[str, int], step: str,
             raise DataError(f"{step} left domain {domain} without training interactions ({n} before); {fix}")
 
 
+def _check_both_domains(counts: dict[str, int]) -> None:
+    for domain in DOMAINS:
+        if not counts.get(domain):
+            raise DataError(
+                f"filtered_interactions: raw_interactions has no training interactions in domain {domain}; "
+                "fix the source and re-materialize raw_interactions"
+            )
+
+
 def _check_items_known(interactions: pa.Table, items: pa.Table) -> None:
     unknown = interactions.select(["item_id", "domain", "origin"]).join(
         items.select(["item_id", "domain"]), keys=["item_id", "domain"], join_type="left anti"
@@ -100,9 +110,10 @@ def _check_items_known(interactions: pa.Table, items: pa.Table) -> None:
 
 
 def apply_filters(interactions: pa.Table, items: pa.Table, cfg: FilterConfig) -> pa.Table:
-    """Time window then k-core; DataError if a domain is emptied. Per-step row counts attached as stats."""
+    """Time window then k-core; DataError if a domain is (or gets) empty. Per-step row counts attached as stats."""
     _check_items_known(interactions, items)
     stats = {"input": training_counts(interactions)}
+    _check_both_domains(stats["input"])
     table = interactions
     if cfg.time_window_days is not None:
         table = time_window(table, cfg.time_window_days)

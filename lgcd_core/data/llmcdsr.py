@@ -6,16 +6,20 @@ Folder layout (see ``data/llmcdsr/SOURCE.md``): ``num.txt`` (item counts An, Bn)
 ``<uid>\\t<id>,<id>,...`` of 0-based global ids (B items are ``An + local index``).
 
 Mapping to the canonical tables:
-- ``user_id = f"{file_stem}:{uid}"`` (user ids are per file), ``timestamp`` = 0-based position in
-  the line, ``split_hint`` = 'train' for train files, 'valid'/'test' for those, ``origin`` =
-  ``<file>:<line>``.
+- ``user_id = f"{file_stem}:{uid}"``: uids are per file (in the released data each file numbers
+  its lines 1..n), so the same uid in two files is two users, never merged (a valid/test line is
+  one evaluation case carrying its own history). A uid repeated within one file is an error naming
+  both lines: it would merge two users, or two evaluation cases, into one.
+- ``timestamp`` = 0-based position in the line, ``split_hint`` = 'train' for train files,
+  'valid'/'test' for those, ``origin`` = ``<file>:<line>``.
 - Items: every item of ``item_set_*`` (not only those in interactions) with ``source_index`` = its
   global id, so that the sequences stage can use ``item_idx = global id + 1``. Titles come from
   ``text_*.pkl``; an item without a title gets the placeholder ``"<domain name> item <ASIN>"`` as
   title and text, and ``has_title = False``.
 - Missing optional files (movie-book has no ``train_B.txt`` nor ``text_B.pkl``; ``test.txt`` is
   withheld) are logged as warnings and listed in the stats under ``missing_files``.
-Pickles are read with :mod:`lgcd_core.data.safe_pickle` (dict of str/int only).
+Pickles are read with :mod:`lgcd_core.data.safe_pickle` (dict of str/int only). Text files must be
+UTF-8 (errors name the line); a byte-order mark at the start of a file is dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from lgcd_core.data.amazon import iter_lines
 from lgcd_core.data.safe_pickle import load_str_dict
 from lgcd_core.io import DataError
 
@@ -44,8 +49,8 @@ DOMAINS = ("A", "B")
 def read_counts(folder: Path) -> tuple[int, int]:
     """(An, Bn) from ``num.txt``."""
     path = _required(folder, "num.txt")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if len(lines) != 2 or not all(line.isdigit() for line in lines):
+    lines = [line.strip() for _, line in iter_lines(path) if line.strip()]
+    if len(lines) != 2 or not all(_is_number(line) for line in lines):
         raise DataError(f"{path}: expected two lines with the item counts of A and B, got {lines[:3]!r}")
     return int(lines[0]), int(lines[1])
 
@@ -69,23 +74,38 @@ def read_item_ids(folder: Path, n_a: int, n_b: int) -> list[str]:
 
 def iter_sequences(path: Path, n_items: int, min_len: int = 1) -> Iterator[tuple[int, str, list[int]]]:
     """Yield ``(line_number, uid, global ids)`` for each non-blank line of a sequence file."""
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\r\n").split("\t")
-            try:
-                if len(parts) != 2:
-                    raise ValueError
-                ids = [int(token) for token in parts[1].strip().split(",")]
-            except ValueError:
-                raise DataError(f"{path}:{line_no}: expected '<uid>\\t<id>,<id>,...', got {line[:80]!r}") from None
-            bad = [i for i in ids if not 0 <= i < n_items]
-            if bad:
-                raise DataError(f"{path}:{line_no}: item id {bad[0]} outside 0..{n_items - 1} (num.txt)")
-            if len(ids) < min_len:
-                raise DataError(f"{path}:{line_no}: expected at least {min_len} item ids, got {len(ids)}")
-            yield line_no, parts[0].strip(), ids
+    first_line: dict[str, int] = {}
+    for line_no, line in iter_lines(path):
+        if not line.strip():
+            continue
+        uid, ids = _parse_sequence(line, path, line_no)
+        if uid in first_line:
+            raise DataError(
+                f"{path}:{line_no}: user id {uid!r} already on line {first_line[uid]}; expected one line per "
+                "user (the two lines would merge two users, or two evaluation cases, into one)"
+            )
+        first_line[uid] = line_no
+        bad = [i for i in ids if not 0 <= i < n_items]
+        if bad:
+            raise DataError(f"{path}:{line_no}: item id {bad[0]} outside 0..{n_items - 1} (num.txt)")
+        if len(ids) < min_len:
+            raise DataError(f"{path}:{line_no}: expected at least {min_len} item ids, got {len(ids)}")
+        yield line_no, uid, ids
+
+
+def _parse_sequence(line: str, path: Path, line_no: int) -> tuple[str, list[int]]:
+    """``(uid, ids)`` of one ``<uid>\\t<id>,<id>,...`` line; the uid must be non-empty and printable."""
+    parts = line.rstrip("\r\n").split("\t")
+    tokens = [token.strip() for token in parts[-1].split(",")]
+    if len(parts) != 2 or not all(_is_number(token) for token in tokens):
+        raise DataError(f"{path}:{line_no}: expected '<uid>\\t<id>,<id>,...', got {line[:80]!r}")
+    uid, ids = parts[0].strip(), [int(token) for token in tokens]
+    if not uid or not uid.isprintable():
+        raise DataError(
+            f"{path}:{line_no}: user id {uid!r} is empty or holds an invisible character (a byte-order mark "
+            "inside the file?); expected a printable id"
+        )
+    return uid, ids
 
 
 def read_interactions(folder: Path) -> tuple[pa.Table, dict]:
@@ -153,6 +173,11 @@ def read_items(folder: Path, domain_names: dict[str, str]) -> tuple[pa.Table, di
         flags = [h for h, d in zip(rows["has_title"], rows["domain"]) if d == domain]
         stats[domain] = {"items": len(flags), "without_title": flags.count(False)}
     return table, stats
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only (``int`` alone would also take '1_0', '+1' or non-ASCII digits)."""
+    return text.isascii() and text.isdigit()
 
 
 def _required(folder: Path, name: str) -> Path:

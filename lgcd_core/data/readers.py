@@ -4,6 +4,9 @@ Dispatches on ``cfg.source.format`` (amazon, llmcdsr, synthetic). Reading statis
 removed, interactions dropped for missing metadata, missing LLMCDSR files, items without a title)
 travel with the table as JSON in its schema metadata (key ``lgcd_stats``, kept when the table is
 written to Parquet); read them with :func:`table_stats`.
+
+Both tables must cover both domains: a domain without training interactions (rows with no
+``split_hint`` or 'train') or without items is a DataError naming the source and the likely cause.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lgcd_core.config import DatasetConfig, SyntheticSpec
 from lgcd_core.data import amazon, llmcdsr, synthetic
@@ -91,7 +95,10 @@ def read_interactions(cfg: DatasetConfig) -> pa.Table:
         table, stats = amazon.read_interactions(
             source_folder(cfg), source.amazon_version, source.files, source.missing_metadata
         )
-    return with_stats(conform(table, INTERACTIONS_SCHEMA, "raw_interactions"), stats)
+    table = conform(table, INTERACTIONS_SCHEMA, "raw_interactions")
+    training = pc.or_kleene(pc.is_null(table["split_hint"]), pc.equal(table["split_hint"], "train"))
+    _require_domains(table.filter(training), "raw_interactions", "training interactions", cfg)
+    return with_stats(table, stats)
 
 
 def read_items(cfg: DatasetConfig, interactions: pa.Table) -> pa.Table:
@@ -104,4 +111,26 @@ def read_items(cfg: DatasetConfig, interactions: pa.Table) -> pa.Table:
         table, stats = amazon.read_items(_synthetic_folder(cfg), 2018, synthetic.FILES, interactions, names)
     else:
         table, stats = amazon.read_items(source_folder(cfg), source.amazon_version, source.files, interactions, names)
-    return with_stats(conform(table, ITEMS_SCHEMA, "raw_items"), stats)
+    table = conform(table, ITEMS_SCHEMA, "raw_items")
+    _require_domains(table, "raw_items", "items", cfg)
+    return with_stats(table, stats)
+
+
+def _require_domains(table: pa.Table, stage: str, what: str, cfg: DatasetConfig) -> None:
+    """DataError if ``table`` has no row of domain A or B."""
+    present = set(pc.unique(table["domain"]).to_pylist())
+    for domain in ("A", "B"):
+        if domain not in present:
+            name = getattr(cfg.domains, domain)
+            raise DataError(
+                f"{stage}: domain {domain} ({name}) has no {what} in {cfg.source_dir()} "
+                f"(source.format: {cfg.source.format}); {_source_hint(cfg, domain)}"
+            )
+
+
+def _source_hint(cfg: DatasetConfig, domain: str) -> str:
+    return {
+        "llmcdsr": f"num.txt, item_set_{domain}.pkl and the train files must hold domain-{domain} items",
+        "amazon": f"check the files of source.files.{domain}",
+        "synthetic": "check source.synthetic",
+    }[cfg.source.format]

@@ -18,6 +18,10 @@ Evaluation cases:
 
 User types come from the training interactions (overlap / A-only / B-only); ``user_idx`` numbers
 users in order of first appearance in the interactions.
+
+:func:`require_every_domain` (run by the stage) refuses a result where a domain has no items, no
+training item, or no evaluation case in a split that should have some (a split of the source's
+split hints, or one with a ratio above 0), naming the domain and the setting that likely caused it.
 """
 
 from __future__ import annotations
@@ -218,6 +222,50 @@ def sequence_stats(data: SequenceData) -> dict:
             for s in SPLITS
         },
     }
+
+
+def require_every_domain(data: SequenceData, interactions: pa.Table, split: SplitConfig) -> None:
+    """DataError if a domain has no items, no training item or no evaluation case of an expected split."""
+    stats = sequence_stats(data)
+    _require_training(data, stats, split)
+    hints = set(pc.unique(interactions["split_hint"]).to_pylist())
+    hinted = hints != {None}
+    expected = [s for s in SPLITS if (s in hints if hinted else getattr(split, f"{s}_ratio") > 0)]
+    if not expected:
+        cause = "the source has no valid/test lines" if hinted else "split.valid_ratio and split.test_ratio are both 0"
+        raise DataError(f"sequences: no evaluation cases; {cause}")
+    for s in expected:
+        for domain in DOMAINS:
+            if not stats["eval_cases"][s][domain]:
+                n_cases = sum(stats["eval_cases"][s].values())
+                raise DataError(
+                    f"sequences: no {s} evaluation case has a domain-{domain} target ({n_cases} {s} cases); "
+                    + _missing_cases_hint(data, split, s, domain, hinted)
+                )
+
+
+def _require_training(data: SequenceData, stats: dict, split: SplitConfig) -> None:
+    domains = data.items["domain"].to_numpy(zero_copy_only=False)
+    trained = set(domains[pc.list_flatten(data.sequences["items"]).to_numpy() - 1])
+    for domain in DOMAINS:
+        if not stats["items"][domain]:
+            raise DataError(f"sequences: the item index has no domain-{domain} items; check raw_items and the filter")
+        if domain not in trained:
+            raise DataError(
+                f"sequences: no training sequence has a domain-{domain} item ({data.eval_cases.num_rows} users held "
+                f"out for evaluation); lower split.valid_ratio ({split.valid_ratio}) or split.test_ratio ({split.test_ratio})"
+            )
+
+
+def _missing_cases_hint(data: SequenceData, split: SplitConfig, s: str, domain: str, hinted: bool) -> str:
+    if hinted:
+        return f"the source's {s} lines have no domain-{domain} item as their last id"
+    n_trained = int(pc.sum(pc.equal(data.sequences["user_type"], "overlap")).as_py() or 0)
+    n_overlap = n_trained + data.eval_cases.num_rows  # held-out users are overlap users
+    return (
+        f"{n_overlap} overlap users after filtering (split.{s}_ratio = {getattr(split, f'{s}_ratio')}, "
+        f"split.min_history = {split.min_history}); raise split.{s}_ratio or lower filter.k_core / split.min_history"
+    )
 
 
 def check_kcore(interactions: pa.Table, k: int | None) -> tuple[bool, dict]:

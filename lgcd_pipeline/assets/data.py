@@ -106,6 +106,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         interactions = read_parquet(stage_path(cfg, "filtered_interactions", "interactions.parquet"))
         items = read_parquet(stage_path(cfg, "raw_items", "items.parquet"))
         data = seq.build_sequences(interactions, items, cfg.split)
+        seq.require_every_domain(data, interactions, cfg.split)
         checks = {
             "no_empty_sequence": seq.check_no_empty_sequence(data),
             "ids_in_index": seq.check_ids_in_index(data),
