@@ -13,14 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS_DIR = REPO_ROOT / "datasets"
+NAME_PATTERN = re.compile(r"[a-z0-9_]+")  # dataset names: YAML file stems, asset key prefixes, folder names
+ENV_VAR_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ConfigError(ValueError):
@@ -59,7 +62,7 @@ class SyntheticSpec(_Section):
     taste_purity: float = Field(default=0.8, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _lengths(self) -> "SyntheticSpec":
+    def _lengths(self) -> SyntheticSpec:
         if self.min_len > self.max_len:
             raise ValueError("min_len must not exceed max_len")
         if self.max_len > min(self.n_items_a, self.n_items_b):
@@ -83,7 +86,7 @@ class SourceConfig(_Section):
     missing_metadata: Literal["error", "drop"] = "error"
 
     @model_validator(mode="after")
-    def _format_fields(self) -> "SourceConfig":
+    def _format_fields(self) -> SourceConfig:
         if self.format == "amazon" and (self.amazon_version is None or self.files is None):
             raise ValueError("format 'amazon' needs 'amazon_version' and 'files' (A and B)")
         if self.format == "amazon" and set(self.files or {}) != {"A", "B"}:
@@ -120,7 +123,7 @@ class SplitConfig(_Section):
     min_history: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
-    def _ratios(self) -> "SplitConfig":
+    def _ratios(self) -> SplitConfig:
         if self.valid_ratio + self.test_ratio >= 1.0:
             raise ValueError("valid_ratio + test_ratio must be below 1")
         return self
@@ -162,6 +165,15 @@ class HttpBackendConfig(_Section):
     max_retries: int = Field(default=3, ge=0)
     backoff_s: float = Field(default=1.0, ge=0)  # wait before retry r is backoff_s * 2**r
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_var_name(cls, value: str | None) -> str | None:
+        # the message must not echo the value: a user may have pasted the key itself here
+        if value is not None and not ENV_VAR_PATTERN.fullmatch(value):
+            raise ValueError("must name an environment variable (letters, digits, underscore), "
+                             "not hold the key itself")
+        return value
+
 
 class LLMConfig(_Section):
     """Pseudo-text generation (eq. 4). 'default' model = offline SmolLM2-135M-Instruct GGUF."""
@@ -183,7 +195,7 @@ class LLMConfig(_Section):
     http: HttpBackendConfig | None = None
 
     @model_validator(mode="after")
-    def _http(self) -> "LLMConfig":
+    def _http(self) -> LLMConfig:
         if self.backend == "http" and self.http is None:
             raise ValueError("backend 'http' needs an 'http' section (base_url, model)")
         return self
@@ -343,7 +355,7 @@ class EvaluationConfig(_Section):
     paper_rows: list[ReferenceRow] = []
 
     @model_validator(mode="after")
-    def _names(self) -> "EvaluationConfig":
+    def _names(self) -> EvaluationConfig:
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
@@ -356,7 +368,7 @@ class EvaluationConfig(_Section):
 class DatasetConfig(_Section):
     """The whole YAML of one dataset."""
 
-    name: str
+    name: str = Field(pattern=rf"^{NAME_PATTERN.pattern}$")
     description: str = ""
     device: str = "auto"
     source: SourceConfig
@@ -379,9 +391,13 @@ class DatasetConfig(_Section):
         path = Path(raw or self.source.path).expanduser()
         return path if path.is_absolute() else REPO_ROOT / path
 
-    def stage_dir(self, stage: str, root: Path | None = None) -> Path:
-        """Where a stage writes its files: ``datasets/<name>/<stage>/``."""
-        return (root or output_root()) / self.name / stage
+    def stage_dir(self, stage: str, *parts: str, root: Path | None = None) -> Path:
+        """Where a stage writes its files: ``<data root>/<name>/<stage>[/<parts>...]``.
+
+        Raises :class:`ConfigError` when the folder, symlinks followed, lies outside the data root.
+        """
+        root = root or output_root()
+        return inside_root(root.joinpath(self.name, stage, *parts), root)
 
     # ---- versions ---------------------------------------------------------------------------
 
@@ -420,12 +436,60 @@ def output_root() -> Path:
     return Path(os.environ.get("LGCD_DATA_ROOT", str(DATASETS_DIR)))
 
 
+def datasets_dir() -> Path:
+    """The folder of dataset YAML files; ``LGCD_DATASETS_DIR`` overrides ``<repo>/datasets``."""
+    return Path(os.environ.get("LGCD_DATASETS_DIR", str(DATASETS_DIR)))
+
+
+def inside_root(path: Path, root: Path) -> Path:
+    """``path`` itself, after checking that it resolves (symlinks followed on both sides) inside ``root``."""
+    resolved, resolved_root = path.resolve(), root.resolve()
+    if not resolved.is_relative_to(resolved_root):
+        raise ConfigError(f"{path}: resolves to {resolved}, outside the data root {resolved_root}; "
+                          "set LGCD_DATA_ROOT to move all outputs instead of symlinking one folder out")
+    return path
+
+
+def dataset_path(name: str, directory: Path | None = None) -> Path:
+    """The YAML file of dataset ``name``; ConfigError naming the dataset and the known ones if there is none."""
+    directory = directory or datasets_dir()
+    path = directory / f"{name}.yaml"
+    if not NAME_PATTERN.fullmatch(name) or not path.is_file():
+        known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml"))) or "none"
+        raise ConfigError(f"no dataset {name!r} in {directory}; known datasets: {known}")
+    return path
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without the snippet of the offending line PyYAML quotes (it may hold a secret)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"not valid YAML{where}: {getattr(exc, 'problem', None) or type(exc).__name__}"
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _validation_problems(exc: ValidationError) -> str:
+    """One clause per error: the field's dotted path and pydantic's message, never the input value."""
+    return "; ".join(
+        f"field '{'.'.join(str(p) for p in err['loc'])}': {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
+    )
+
+
 def load_dataset_config(path: Path) -> DatasetConfig:
     """Parse and validate one dataset YAML; errors name the file and the offending field."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not NAME_PATTERN.fullmatch(path.stem):
+        raise ConfigError(f"{path}: a dataset file name must be lowercase letters, digits and underscores "
+                          f"([a-z0-9_]+) followed by .yaml, got {path.stem!r}")
+    raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
@@ -434,13 +498,12 @@ def load_dataset_config(path: Path) -> DatasetConfig:
     try:
         return DatasetConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: {_validation_problems(exc)}") from None
 
 
 def discover_datasets(directory: Path | None = None) -> list[DatasetConfig]:
-    """Every ``<name>.yaml`` in the datasets folder, sorted by name."""
-    directory = directory or Path(os.environ.get("LGCD_DATASETS_DIR", str(DATASETS_DIR)))
+    """Every ``*.yaml`` in the datasets folder (hidden ones included, and refused), sorted by name."""
+    directory = directory or datasets_dir()
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: the datasets folder does not exist (LGCD_DATASETS_DIR)")
     return [load_dataset_config(p) for p in sorted(directory.glob("*.yaml"))]

@@ -1,6 +1,10 @@
 """Atomic file output: every stage writes to a temporary sibling and renames it into place.
 
 A stage that fails half-way leaves the previous output (or nothing) behind, never a partial file.
+Temporary siblings are named ``.<name>.<pid>-<random>.tmp`` (and a folder's swapped-out previous
+version ``.<name>.<pid>-<random>.old``), so even a process killed with SIGKILL leaves nothing for
+long: the next atomic write into the same folder, or :func:`recover`, removes the leftovers of dead
+processes and puts back a previous folder that a kill caught between the two renames of a swap.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,11 +27,57 @@ class DataError(ValueError):
     """Bad input data: the message names the file, line or field and what was expected."""
 
 
+# tempfile's random part is drawn from lowercase letters, digits and "_"
+_LEFTOVER = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)-[a-z0-9_]+\.(?P<kind>tmp|old)")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (PermissionError: it does, as another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def recover(folder: Path) -> None:
+    """Clean up after atomic writes into ``folder`` whose process died (leftovers of live ones are kept).
+
+    A previous version swapped out by :func:`atomic_dir` is renamed back when its target is missing
+    (the process was killed between the two renames); every other leftover is removed.
+    """
+    if not folder.is_dir():
+        return
+    for entry in sorted(folder.iterdir()):
+        match = _LEFTOVER.fullmatch(entry.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        target = folder / match["target"]
+        if match["kind"] == "old" and not os.path.lexists(target):
+            os.replace(entry, target)
+        else:
+            _remove(entry)
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-"
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    recover(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -41,16 +92,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory; it replaces ``path`` as a whole only on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    recover(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
+    backup = tmp.with_suffix(".old")
     try:
         yield tmp
         os.chmod(tmp, 0o755)
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(path):
+            os.replace(path, backup)
+        os.replace(tmp, path)  # a kill before this line leaves the previous folder as `backup`: see recover
+        shutil.rmtree(backup, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

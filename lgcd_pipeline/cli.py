@@ -5,7 +5,8 @@
     lgcd status [--dataset NAME]             Dagster's own status of every asset, and why
     lgcd summary --dataset NAME              stage figures and the results table of the last run
 
-The Dagster instance is the repository's `dagster_home/` unless DAGSTER_HOME is set.
+The Dagster instance is the repository's `dagster_home/` unless DAGSTER_HOME is set. A broken dataset
+YAML, an unknown dataset or missing input is reported on one line, `lgcd: <message>`, with exit status 2.
 """
 
 from __future__ import annotations
@@ -19,23 +20,29 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _instance_and_defs():
-    os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
+    from lgcd_core.config import ConfigError, discover_datasets
+
+    configs = discover_datasets()  # before Dagster loads them: a bad YAML is one ConfigError naming it
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home")))
+    if not home.is_dir():
+        raise ConfigError(f"DAGSTER_HOME {home} is not a folder; create it or point DAGSTER_HOME at one")
     import dagster as dg
 
-    from lgcd_core.config import discover_datasets
     from lgcd_pipeline.definitions import build_definitions
 
-    return dg.DagsterInstance.get(), build_definitions(discover_datasets())
+    return dg.DagsterInstance.get(), build_definitions(configs)
 
 
 def _scope(graph, dataset: str | None) -> set:
+    from lgcd_core.config import ConfigError, datasets_dir
+
     keys = set(graph.get_all_asset_keys())
     if dataset is None:
         return keys
     scoped = {k for k in keys if k.path[0] == dataset}
     if not scoped:
-        names = sorted({k.path[0] for k in keys})
-        raise SystemExit(f"lgcd: no dataset {dataset!r}; known datasets: {', '.join(names)}")
+        names = ", ".join(sorted({k.path[0] for k in keys})) or "none"
+        raise ConfigError(f"no dataset {dataset!r} in {datasets_dir()}; known datasets: {names}")
     return scoped
 
 
@@ -46,6 +53,8 @@ def sync(dataset: str | None, dry_run: bool) -> int:
     from lgcd_pipeline.staleness import plan_sync
 
     instance, defs = _instance_and_defs()
+    graph = defs.resolve_asset_graph()
+    scope = _scope(graph, dataset)  # an unknown dataset fails before anything is touched
     if dry_run:
         for run in orphaned_runs(instance):
             print(f"lgcd sync: run {run.run_id} was left running by a dead process; a real sync releases it",
@@ -54,8 +63,7 @@ def sync(dataset: str | None, dry_run: bool) -> int:
         for run_id in release_orphaned_runs(instance):
             print(f"lgcd sync: run {run_id} was left running by a dead process: marked failed, pool slots freed",
                   file=sys.stderr)
-    graph = defs.resolve_asset_graph()
-    plan = plan_sync(instance, graph, _scope(graph, dataset))
+    plan = plan_sync(instance, graph, scope)
     if dry_run:
         for key in plan.keys:
             print(key.to_user_string())
@@ -85,10 +93,13 @@ def status(dataset: str | None) -> int:
 
 def summary(dataset: str) -> int:
     """The report's preamble and its primary table (first split, sampled negatives, inter_domain)."""
-    from lgcd_core.config import DATASETS_DIR, load_dataset_config
+    from lgcd_core.config import dataset_path, load_dataset_config
+    from lgcd_core.io import recover
 
-    cfg = load_dataset_config(DATASETS_DIR / f"{dataset}.yaml")
-    report = cfg.stage_dir("evaluation") / "report.md"
+    cfg = load_dataset_config(dataset_path(dataset))
+    evaluation = cfg.stage_dir("evaluation")
+    recover(evaluation.parent)  # a run killed while swapping the folder leaves the previous one aside
+    report = evaluation / "report.md"
     if not report.exists():
         print(f"(no results yet: {report} is missing; materialize {cfg.name}/evaluation)")
         return 1
@@ -111,11 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     p_summary = sub.add_parser("summary", help="print a dataset's results")
     p_summary.add_argument("--dataset", required=True)
     args = parser.parse_args(argv)
-    if args.command == "sync":
-        return sync(args.dataset, args.dry_run)
-    if args.command == "status":
-        return status(args.dataset)
-    return summary(args.dataset)
+    from lgcd_core.config import ConfigError
+    from lgcd_core.io import DataError
+
+    try:
+        if args.command == "sync":
+            return sync(args.dataset, args.dry_run)
+        if args.command == "status":
+            return status(args.dataset)
+        return summary(args.dataset)
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        print("lgcd: " + " ".join(line.strip() for line in str(exc).splitlines()), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

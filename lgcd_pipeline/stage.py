@@ -52,7 +52,10 @@ def stage_asset(
             metadata={"dataset": cfg.name, "stage": stage, "config": dg.MetadataValue.json(cfg.stage_config(stage))},
         )
         def _asset(context) -> dg.MaterializeResult:
+            from lgcd_core.io import recover
+
             out_dir: Path = cfg.stage_dir(stage)
+            recover(out_dir.parent)  # the stage folders a killed run left swapped out or half-written
             return fn(context, cfg, out_dir)
 
         return _asset
@@ -81,4 +84,4 @@ def sequence_inputs(cfg: DatasetConfig):
 
 def cache_dir(cfg: DatasetConfig, name: str) -> Path:
     """Caches that must survive re-materialization live beside the stage folders."""
-    return cfg.stage_dir("cache") / name
+    return cfg.stage_dir("cache", name)
