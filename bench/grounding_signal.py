@@ -77,12 +77,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import pyarrow.parquet as pq
 
-    from lgcd_core.config import DATASETS_DIR, load_dataset_config
+    from lgcd_core.config import dataset_path, load_dataset_config
     from lgcd_core.device import resolve_device
     from lgcd_core.language.grounding import category_overlap_rate, ground_pseudo_texts
     from lgcd_core.language.pseudo_text import generate_pseudo_texts
 
-    cfg = load_dataset_config(DATASETS_DIR / f"{args.dataset}.yaml")
+    cfg = load_dataset_config(dataset_path(args.dataset))
     cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"max_users": None})})
     seq_dir = cfg.stage_dir("sequences")
     items = pq.read_table(seq_dir / "items.parquet")
