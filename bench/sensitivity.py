@@ -8,12 +8,12 @@ Every point starts from the dataset's YAML, changes one field (``a+b`` changes s
 value) and re-materializes only what that change invalidates (``grounded_items`` onwards for n_K,
 ``lgcd_model`` and ``evaluation`` for T and λ). Selection stays on valid; test is never read.
 
-The SASRec baselines do not depend on any swept field: they are trained at the first point and
-reused from the evaluation stage's cache afterwards, so a point costs the LGCD trainings of its
-seeds. Only the mixed SASRec is kept as the reference line (``--set`` can change that).
+The SASRec baselines do not depend on any swept field: the ``baselines`` stage trains them at the
+first point and no later point makes it stale, so a point costs the LGCD trainings of its seeds.
+Only the mixed SASRec is kept as the reference line (``--set`` can change that).
 
 ``--workspace`` reuses a pipeline workspace, e.g. the ``--keep`` folder of
-``bench.reproduce_food_kitchen``, so its upstream stages and cached baselines are not recomputed;
+``bench.reproduce_food_kitchen``, so its upstream stages and trained baselines are not recomputed;
 its YAML is restored at the end. Without it, a fresh temporary workspace holds ``datasets/<dataset>.yaml``.
 The table (LGCD's valid NDCG@10 and HR@10 per target domain, ``inter_domain``, 999 or the YAML's
 sampled negatives, mean ± std over the YAML's seeds) goes to bench/results/sensitivity_<dataset>.md.

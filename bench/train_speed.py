@@ -3,6 +3,8 @@ synthetic inputs (8,661 / 27,637 items, ~51k training sequences, 384-d text vect
 
     python -m bench.train_speed [--device auto|cpu|cuda] [--steps 200] [--config datasets/food_kitchen.yaml]
 
+The inputs come from the model tests' toy generator (tests/toy_data.py).
+
 Prints a table and writes bench/results/train_speed.md. Peak memory: torch.cuda.max_memory_allocated
 on CUDA, the peak process RSS (psutil, sampled every 10 ms) over the phase on CPU.
 """
@@ -22,10 +24,11 @@ import torch.nn.functional as F
 
 from lgcd_core.config import LGCDConfig, PretrainConfig, load_dataset_config
 from lgcd_core.device import resolve_device
-from lgcd_core.model.batches import ItemIndex, build_direction, pretrain_rows, synthetic_inputs, trim_left
+from lgcd_core.model.batches import ItemIndex, build_direction, pretrain_rows, trim_left
 from lgcd_core.model.encoders import DomainEncoder, EncoderSpec
 from lgcd_core.model.lgcd import LGCDModel
 from lgcd_core.model.sampler import CyclicBatchSampler
+from tests.toy_data import synthetic_inputs  # run from the repository root, as every bench is
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.md"
 

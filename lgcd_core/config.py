@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+from functools import reduce
 from pathlib import Path
 from typing import Literal
 
@@ -304,11 +305,12 @@ VARIANT_SWITCHES: dict[str, str] = {
     "wo_moe": "moe",
     "wo_cyclic": "cyclic_batches",
 }
-BASELINES = ("sasrec_single", "sasrec_mixed", "pretrained_encoder", "popularity", "lgcd_wo_diffusion")
+SASREC_BASELINES = ("sasrec_single", "sasrec_mixed")  # trained by the `baselines` stage, in this order
+BASELINES = (*SASREC_BASELINES, "pretrained_encoder", "popularity", "lgcd_wo_diffusion")
 
 
 class BaselineSASRecConfig(_Section):
-    """The SASRec baselines (single-domain and mixed), trained by lgcd_core.evaluation.baselines.
+    """The SASRec baselines (single-domain and mixed), trained by the `baselines` stage (lgcd_core.model.train_sasrec).
 
     ``train_negatives``: None trains with full-softmax cross-entropy over the model's vocabulary;
     an integer trains a sampled softmax against that many uniform negatives shared by the batch.
@@ -364,6 +366,17 @@ class EvaluationConfig(_Section):
             raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANT_SWITCHES)}")
         return self
 
+    @property
+    def lgcd_variants(self) -> list[str]:
+        """The Table 3 variants `lgcd_model` trains: ``variants``, and wo_diffusion when baseline lgcd_wo_diffusion is listed."""
+        listed = "lgcd_wo_diffusion" in self.baselines and "wo_diffusion" not in self.variants
+        return [*self.variants, *(["wo_diffusion"] if listed else [])]
+
+    @property
+    def sasrec_baselines(self) -> list[str]:
+        """The listed baselines the `baselines` stage trains."""
+        return [b for b in SASREC_BASELINES if b in self.baselines]
+
 
 class DatasetConfig(_Section):
     """The whole YAML of one dataset."""
@@ -402,8 +415,8 @@ class DatasetConfig(_Section):
     # ---- versions ---------------------------------------------------------------------------
 
     def stage_config(self, stage: str) -> dict:
-        """The part of this YAML that configures ``stage`` (what its version hashes)."""
-        return {key: _dump(getattr(self, key)) for key in STAGE_CONFIG_KEYS[stage]}
+        """The part of this YAML that configures ``stage`` (what its version hashes): sections and dotted fields."""
+        return {key: _dump(reduce(getattr, key.split("."), self)) for key in STAGE_CONFIG_KEYS[stage]}
 
     def stage_hash(self, stage: str) -> str:
         blob = json.dumps(self.stage_config(stage), sort_keys=True, default=str)
@@ -414,8 +427,10 @@ def _dump(value: object) -> object:
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
-# Which YAML sections configure which stage. A stage's version hashes only these, so editing one
-# section marks that stage (and, through data versions, its downstream) stale and nothing upstream.
+# Which parts of the YAML configure which stage: a section, or a dotted field of one (derived fields
+# included). A stage's version hashes only these, so editing one marks that stage (and, through data
+# versions, its downstream) stale and nothing upstream: a λ edits `lgcd` only, so it re-runs
+# `lgcd_model` and `evaluation`, never `baselines`.
 STAGE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "raw_interactions": ("source", "domains"),
     "raw_items": ("source", "domains"),
@@ -426,7 +441,9 @@ STAGE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "grounded_items": ("grounding",),
     "pseudo_overlap_sequences": ("pseudo_overlap",),
     "pretrained_encoders": ("pretrain",),
-    "lgcd_model": ("lgcd",),
+    "lgcd_model": ("lgcd", "evaluation.seeds", "evaluation.lgcd_variants"),
+    "baselines": ("evaluation.seeds", "evaluation.sasrec_baselines", "evaluation.sasrec", "evaluation.n_negatives",
+                  "evaluation.candidate_seed"),
     "evaluation": ("evaluation",),
 }
 

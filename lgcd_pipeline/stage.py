@@ -43,7 +43,7 @@ def stage_asset(
         @dg.asset(
             key=key,
             deps=[stage_key(cfg, d) for d in deps],
-            group_name=group,
+            group_name=f"{cfg.name}/{group}",  # nested group: the UI draws one box (one pipeline) per dataset
             kinds=kinds,
             description=f"{description}\n\nDataset `{cfg.name}` ({cfg.domains.A} / {cfg.domains.B}).",
             code_version=code_version(cfg, stage),

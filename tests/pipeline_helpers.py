@@ -9,6 +9,7 @@ from lgcd_pipeline.definitions import build_definitions
 
 DATA_STAGES = ("raw_interactions", "raw_items", "filtered_interactions", "sequences")
 LANGUAGE_STAGES = ("item_text_embeddings", "pseudo_texts", "grounded_items", "pseudo_overlap_sequences")
+MODEL_STAGES = ("pretrained_encoders", "lgcd_model", "baselines")
 
 
 def tiny_defs() -> dg.Definitions:

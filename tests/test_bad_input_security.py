@@ -3,8 +3,8 @@
 - A static scan (``ast``) of lgcd_core, lgcd_pipeline and bench for loaders that can run code
   (``torch.load`` without ``weights_only=True``, pickle, ``yaml.load``, ``np.load(allow_pickle=True)``),
   and the scanner's own table of planted snippets.
-- Planted checkpoints (objects whose unpickling creates a marker file) where LGCD training and the
-  SASRec baseline cache resume from: a clear DataError naming the file, and no marker.
+- Planted checkpoints (objects whose unpickling creates a marker file) where LGCD and SASRec
+  training resume from: a clear DataError naming the file, and no marker.
 - The HTTP backend against real local servers: redirects are refused (the server redirected to
   sees nothing), the key travels only in the Authorization header to ``base_url`` and appears in
   no error text, log record, ``repr`` or cache key.
@@ -29,6 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
+from toy_data import synthetic_inputs
 
 from lgcd_core.config import (
     BaselineSASRecConfig,
@@ -39,14 +40,15 @@ from lgcd_core.config import (
     LGCDConfig,
     PretrainConfig,
 )
-from lgcd_core.evaluation.baselines import cached_train_sasrec
 from lgcd_core.io import DataError
 from lgcd_core.language.generation_cache import cache_key
 from lgcd_core.language.llm_backends import HttpBackend
 from lgcd_core.language.pseudo_text import GenerationError, generate_pseudo_texts
-from lgcd_core.model.batches import synthetic_inputs
+from lgcd_core.model import training
+from lgcd_core.model.batches import Inputs
 from lgcd_core.model.pretrain import pretrain_encoders
 from lgcd_core.model.train_lgcd import train_lgcd
+from lgcd_core.model.train_sasrec import train_sasrec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -265,15 +267,13 @@ def lgcd_inputs(tmp_path_factory) -> tuple[dict, Path]:
     torch.set_num_threads(1)
     data = synthetic_inputs(n_overlap=40, n_a_only=20, n_b_only=20, n_valid=20, seed=0)
     enc_dir = tmp_path_factory.mktemp("enc")
-    pretrain_encoders(_cfg(), data["items"], data["sequences"], data["eval_cases"], data["embeddings"],
-                      enc_dir, "cpu", log=lambda *_: None)
+    pretrain_encoders(_cfg(), Inputs(**data), enc_dir, "cpu", log=lambda *_: None)
     return data, enc_dir
 
 
-def _train(lgcd_inputs: tuple[dict, Path], out: Path, log: Callable[[str], None] = lambda *_: None, **kw) -> dict:
+def _train(lgcd_inputs: tuple[dict, Path], out: Path, log: Callable[[str], None] = lambda *_: None) -> dict:
     data, enc_dir = lgcd_inputs
-    return train_lgcd(_cfg(), data["items"], data["sequences"], data["eval_cases"], data["pseudo_overlap"],
-                      data["embeddings"], enc_dir, out, "cpu", log=log, **kw)
+    return train_lgcd(_cfg().lgcd, Inputs(**data), enc_dir, out, "cpu", log=log)
 
 
 @pytest.mark.parametrize(("plant", "says"), [c[1:] for c in PLANTED], ids=[c[0] for c in PLANTED])
@@ -303,17 +303,26 @@ def _leaves(obj: object) -> Iterator[object]:
         yield obj
 
 
-def test_genuine_lgcd_checkpoint_holds_plain_data_and_resumes(lgcd_inputs, tmp_path):
+def test_genuine_lgcd_checkpoint_holds_plain_data_and_resumes(lgcd_inputs, tmp_path, monkeypatch):
     out = tmp_path / "lgcd"
-    with pytest.raises(KeyboardInterrupt):
-        _train(lgcd_inputs, out, _interrupt_after=1)
+    save = training.save_checkpoint
+
+    def save_then_crash(path: Path, checkpoint: dict) -> None:
+        save(path, checkpoint)
+        raise KeyboardInterrupt("crash after the first epoch")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "save_checkpoint", save_then_crash)
+        with pytest.raises(KeyboardInterrupt):
+            _train(lgcd_inputs, out)
     ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     plain = (torch.Tensor, int, float, str, bool, type(None))
     assert all(isinstance(leaf, plain) for leaf in _leaves(ckpt)), {type(x) for x in _leaves(ckpt)}
     lines: list[str] = []
     stats = _train(lgcd_inputs, out, log=lines.append)
     assert any(line.startswith("LGCD: resuming from") and "after epoch 1" in line for line in lines)
-    assert stats["epochs"] == 2 and not (out / "checkpoint.pt").exists()
+    assert stats["epochs"] == 2
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["progress"]["done"]  # the stage removes it once published
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -329,21 +338,20 @@ SASREC = BaselineSASRecConfig(d=8, n_layers=1, max_len=6, max_epochs=1, batch_si
                               train_negatives=None, selection_protocol="full")
 
 
-def _cached_sasrec(cache: Path) -> bool:
+def _train_sasrec(out: Path) -> dict:
     torch.set_num_threads(1)
-    return cached_train_sasrec(cache, ITEMS, SEQUENCES, CASES, "single", SASREC, "cpu", seed=1, log=lambda _: None)[1]
+    return train_sasrec(Inputs(ITEMS, SEQUENCES, CASES), "single", SASREC, 1, out, "cpu", log=lambda _: None)
 
 
-def test_planted_baseline_cache_raises_and_runs_nothing(tmp_path):
-    cache = tmp_path / "cache"
-    assert not _cached_sasrec(cache) and _cached_sasrec(cache)  # trained, then a genuine file is reused
-    (path,) = cache.glob("*.pt")
-    marker = tmp_path / "pwned"
+def test_planted_baseline_checkpoint_raises_and_runs_nothing(tmp_path):
+    out = tmp_path / "sasrec_single_seed1"
+    out.mkdir()
+    path, marker = out / "checkpoint_A.pt", tmp_path / "pwned"
     _plant_touch(path, marker)
     with pytest.raises(DataError, match="not a safe checkpoint") as err:
-        _cached_sasrec(cache)
+        _train_sasrec(out)
     assert str(err.value).startswith(f"{path}: ") and not marker.exists()
-    assert [p.name for p in cache.iterdir()] == [path.name]
+    assert [p.name for p in out.iterdir()] == [path.name]
 
 
 # --------------------------------------------------------------------------------------------

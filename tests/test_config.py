@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_YAML, write_dataset_yaml
+
 from lgcd_core.config import ConfigError, DatasetConfig, discover_datasets, load_dataset_config
 
 REPO_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
@@ -48,6 +48,29 @@ def test_stage_hash_changes_only_with_its_section() -> None:
     assert base.stage_hash("filtered_interactions") != changed.stage_hash("filtered_interactions")
     for stage in ("raw_interactions", "sequences", "pseudo_texts", "lgcd_model"):
         assert base.stage_hash(stage) == changed.stage_hash(stage)
+
+
+def test_model_stages_hash_exactly_the_fields_they_depend_on() -> None:
+    """A λ re-trains LGCD, never the SASRec baselines; a SASRec setting the reverse; seeds both.
+
+    (evaluation re-runs after either through the new data version of its input.)
+    """
+    base = DatasetConfig.model_validate({"name": "t", **TINY_YAML})
+
+    def changed(section: str, **values) -> set[str]:
+        edited = DatasetConfig.model_validate({"name": "t", **TINY_YAML,
+                                               section: {**TINY_YAML.get(section, {}), **values}})
+        return {s for s in ("lgcd_model", "baselines", "evaluation") if edited.stage_hash(s) != base.stage_hash(s)}
+
+    assert changed("lgcd", lambda_B=0.7) == {"lgcd_model"}
+    assert changed("evaluation", sasrec={"lr": 0.01}) == {"baselines", "evaluation"}
+    assert changed("evaluation", seeds=[0, 1]) == {"lgcd_model", "baselines", "evaluation"}
+    assert changed("evaluation", variants=["wo_moe"]) == {"lgcd_model", "evaluation"}
+    assert changed("evaluation", baselines=["sasrec_mixed", "popularity"]) == {"lgcd_model", "baselines", "evaluation"}
+    no_popularity = [b for b in base.evaluation.baselines if b != "popularity"]
+    assert changed("evaluation", baselines=no_popularity) == {"evaluation"}  # scored, not trained
+    assert changed("evaluation", ks=[5, 10]) == {"evaluation"}
+    assert base.stage_config("baselines")["evaluation.sasrec_baselines"] == ["sasrec_single", "sasrec_mixed"]
 
 
 def test_amazon_source_requires_files(tmp_path: Path) -> None:

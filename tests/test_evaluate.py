@@ -86,38 +86,73 @@ def test_every_case_needs_candidates():
         evaluate_scorers({"low": lowest_id_first}, CASES, {"valid": partial}, ITEMS)
 
 
-def test_run_evaluation_writes_everything_with_fake_models(tmp_path, monkeypatch):
+CFG = {"name": "toy", "source": {"format": "synthetic", "path": "x"}, "domains": {"A": "Food", "B": "Kitchen"},
+       "lgcd": {"seed": 0},
+       "evaluation": {"n_negatives": 5, "seeds": [0, 1], "variants": ["wo_guesser"],
+                      "baselines": ["sasrec_mixed", "popularity", "pretrained_encoder", "lgcd_wo_diffusion"]}}
+
+
+def _run(tmp_path, monkeypatch, plant: bool = True):
+    """run_evaluation with fake model loaders; every checkpoint it needs is planted as an empty file."""
     import sys
     import types
 
+    from lgcd_core.config import DatasetConfig
+    from lgcd_core.evaluation.run import needed_files, run_evaluation
+    from lgcd_core.model.batches import Inputs
+
+    loaded = []
+    scoring = types.ModuleType("lgcd_core.model.scoring")
+    scoring.load_lgcd_scorer = lambda model_dir, *a, **k: loaded.append(model_dir) or history_scorer
+    scoring.load_encoder_scorer = lambda *a, **k: lowest_id_first
+    scoring.popularity_scorer = lambda *a, **k: lowest_id_first
+    monkeypatch.setitem(sys.modules, "lgcd_core.model.scoring", scoring)
+    monkeypatch.setattr("lgcd_core.model.sasrec_baseline.load_sasrec_scorer",
+                        lambda run_dir, *a: loaded.append(run_dir) or history_scorer)
+    cfg = DatasetConfig.model_validate(CFG)
+    dirs = tmp_path / "enc", tmp_path / "model", tmp_path / "baselines"
+    if plant:
+        for path in (p for paths in needed_files(cfg, *dirs).values() for p in paths):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    seqs = pa.table({"user_idx": pa.array([9], pa.int32()), "items": pa.array([[1, 2, 11]], pa.list_(pa.int32()))})
+    inputs = Inputs(ITEMS, seqs, CASES, np.zeros((N_A + N_B + 1, 4), np.float32))
+    stats = run_evaluation(cfg, inputs, *dirs, tmp_path / "out", "cpu", log=lambda _: None)
+    return stats, loaded
+
+
+def test_run_evaluation_scores_every_stored_model_and_trains_nothing(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
-    from lgcd_core.config import DatasetConfig
-    from lgcd_core.evaluation.run import run_evaluation
-
-    trained = []
-    scoring = types.ModuleType("lgcd_core.model.scoring")
-    scoring.load_lgcd_scorer = lambda model_dir, *a, **k: history_scorer
-    scoring.load_encoder_scorer = lambda *a, **k: lowest_id_first
-    training = types.ModuleType("lgcd_core.model.train_lgcd")
-    training.train_lgcd = lambda *a, lgcd_cfg=None, **k: trained.append(lgcd_cfg) or {}
-    monkeypatch.setitem(sys.modules, "lgcd_core.model.scoring", scoring)
-    monkeypatch.setitem(sys.modules, "lgcd_core.model.train_lgcd", training)
-    cfg = DatasetConfig.model_validate({
-        "name": "toy", "source": {"format": "synthetic", "path": "x"}, "domains": {"A": "Food", "B": "Kitchen"},
-        "evaluation": {"n_negatives": 5, "seeds": [0, 1], "variants": ["wo_guesser"],
-                       "baselines": ["popularity", "pretrained_encoder", "lgcd_wo_diffusion"]},
-    })
-    seqs = pa.table({"user_idx": pa.array([9], pa.int32()), "items": pa.array([[1, 2, 11]], pa.list_(pa.int32()))})
-    stats = run_evaluation(cfg, ITEMS, seqs, CASES, pa.table({}), np.zeros((N_A + N_B + 1, 4), np.float32),
-                           tmp_path / "enc", tmp_path / "model", tmp_path / "out", "cpu", log=lambda _: None)
+    stats, loaded = _run(tmp_path, monkeypatch)
     metrics = pq.read_table(tmp_path / "out" / "metrics.parquet")
     assert set(metrics.column("model").to_pylist()) == {
-        "lgcd", "lgcd_wo_guesser", "lgcd_wo_diffusion", "pretrained_encoder", "popularity"}
+        "lgcd", "lgcd_wo_guesser", "lgcd_wo_diffusion", "sasrec_mixed", "pretrained_encoder", "popularity"}
     assert set(metrics.column("seed").to_pylist()) == {0, 1}
-    # seed 0 reuses the trained model; seed 1 retrains lgcd; both variants train for both seeds
-    assert sorted((c.seed, c.guesser, c.use_diffusion) for c in trained) == [
-        (0, False, True), (0, True, False), (1, False, True), (1, True, False), (1, True, True)]
+    # the default model (seed lgcd.seed = 0) is the stage folder itself; every other run has its own folder
+    assert sorted(str(p.relative_to(tmp_path)) for p in loaded) == sorted([
+        "model", "model/lgcd_wo_guesser_seed0", "model/lgcd_wo_diffusion_seed0",
+        "model/lgcd_seed1", "model/lgcd_wo_guesser_seed1", "model/lgcd_wo_diffusion_seed1",
+        "baselines/sasrec_mixed_seed0", "baselines/sasrec_mixed_seed1"])
     for name in ("candidates_valid.parquet", "candidates_test.parquet", "report.md", "metrics.png"):
         assert (tmp_path / "out" / name).exists()
     assert "| lgcd |" in stats["markdown"] and stats["n_cases"] == {"valid": 4, "test": 1}
+
+
+def test_a_missing_checkpoint_is_an_error_naming_it_and_its_stage(tmp_path, monkeypatch):
+    from lgcd_core.io import DataError
+
+    with pytest.raises(DataError, match=r"missing \(first: .*encoder_A\.json\); materialize toy/pretrained_encoders, "
+                                        r"toy/lgcd_model, toy/baselines first"):
+        _run(tmp_path, monkeypatch, plant=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluation_stage_runs_no_training_code():
+    from lgcd_pipeline.versions import stage_modules
+
+    training = {"lgcd_core.model.training", "lgcd_core.model.train_lgcd", "lgcd_core.model.train_sasrec",
+                "lgcd_core.model.pretrain"}
+    assert not training & set(stage_modules("evaluation"))
+    for stage in ("pretrained_encoders", "lgcd_model", "baselines"):
+        assert "lgcd_core.model.training" in stage_modules(stage), stage

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from toy_data import synthetic_inputs
 
 from lgcd_core.config import LGCDConfig
-from lgcd_core.model.batches import NEVER, ItemIndex, build_direction, synthetic_inputs
+from lgcd_core.model.batches import NEVER, ItemIndex, build_direction
 from lgcd_core.model.encoders import DomainEncoder, EncoderSpec
 from lgcd_core.model.lgcd import Denoiser, LGCDModel, MoEFusion
 

@@ -66,8 +66,8 @@ def items_for(interactions: pa.Table) -> pa.Table:
     return raw_items(keys)
 
 
-def build(interactions: pa.Table, split: SplitConfig = SplitConfig()) -> SequenceData:
-    return build_sequences(interactions, items_for(interactions), split)
+def build(interactions: pa.Table, split: SplitConfig | None = None) -> SequenceData:
+    return build_sequences(interactions, items_for(interactions), split or SplitConfig())
 
 
 def test_index_orders_a_then_b_by_item_id_and_sequences_by_time() -> None:

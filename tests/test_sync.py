@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 import yaml
+from pipeline_helpers import materialize, materialized_keys
 
 from lgcd_pipeline.cli import sync
-from pipeline_helpers import materialized_keys
 
 LANGUAGE_AND_DOWN = {"pseudo_texts", "grounded_items", "pseudo_overlap_sequences", "lgcd_model", "evaluation"}
 
@@ -53,16 +54,19 @@ def _metadata(instance: dg.DagsterInstance, stage: str) -> dict:
 def test_sync_reruns_exactly_what_each_edit_invalidates(tiny_env: Path, tmp_path: Path) -> None:
     instance = dg.DagsterInstance.get()
     first = _sync_and_read_run(instance)
-    assert len(first) == 11, first                    # everything was missing
+    assert len(first) == 12, first                    # everything was missing
     evaluation = _metadata(instance, "evaluation")
     assert "lgcd" in evaluation["results"] and "sasrec_mixed" in evaluation["results"]
     assert evaluation["dagster/row_count"] > 0 and "chart" in evaluation
+    # SASRec selection and the evaluation read the same valid negatives, each stage drawing its own
+    data = tiny_env / "data" / "tiny"
+    assert pq.read_table(data / "baselines" / "candidates_valid.parquet").equals(
+        pq.read_table(data / "evaluation" / "candidates_valid.parquet"))
+    assert not (data / "cache" / "baselines_run").exists() and not list(data.glob("*/**/checkpoint*.pt"))
     assert _dry_run() == []
     assert _sync_and_read_run(instance) == set()      # no change: nothing runs
 
     # forcing a re-materialization with unchanged inputs reuses every saved answer and vector
-    from pipeline_helpers import materialize
-
     assert materialize(["item_text_embeddings", "pseudo_texts"], instance).success
     embeddings, texts = _metadata(instance, "item_text_embeddings"), _metadata(instance, "pseudo_texts")
     assert embeddings["encoded"] == 0 and embeddings["cached"] > 0
@@ -70,10 +74,15 @@ def test_sync_reruns_exactly_what_each_edit_invalidates(tiny_env: Path, tmp_path
     # same code version and same inputs give the same data version: nothing downstream is invalidated
     assert _dry_run() == []
 
-    # the diffusion λ: only the model and its evaluation
+    # the diffusion λ: only the model and its evaluation, never the SASRec baselines
     _edit(tiny_env, "lgcd", {"lambda_B": 0.7})
     assert _dry_run() == ["tiny/lgcd_model", "tiny/evaluation"]
     assert _sync_and_read_run(instance) == {"lgcd_model", "evaluation"}
+
+    # a SASRec setting: the baselines and their evaluation, never LGCD
+    _edit(tiny_env, "evaluation", {"sasrec": {"lr": 0.01}})
+    assert _dry_run() == ["tiny/baselines", "tiny/evaluation"]
+    assert _sync_and_read_run(instance) == {"baselines", "evaluation"}
 
     # the prompt template: pseudo_texts and everything downstream of it
     template = tmp_path / "my_template.txt"
@@ -92,3 +101,10 @@ def test_sync_reruns_exactly_what_each_edit_invalidates(tiny_env: Path, tmp_path
     assert _sync_and_read_run(instance) == {"item_text_embeddings", "grounded_items", "pseudo_overlap_sequences",
                                             "pretrained_encoders", "lgcd_model", "evaluation"}
     assert _sync_and_read_run(instance) == set()
+
+    # the evaluation trains nothing: a checkpoint it needs that is missing is an error naming it
+    (data / "baselines" / "sasrec_mixed_seed0" / "mixed.safetensors").unlink()
+    result = materialize(["evaluation"], instance, raise_on_error=False)
+    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    message = failure.step_failure_data.error.to_string()  # the DataError is the cause of Dagster's wrapper
+    assert "sasrec_mixed_seed0/mixed.safetensors" in message and "materialize tiny/baselines" in message

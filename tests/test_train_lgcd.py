@@ -3,14 +3,17 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from toy_data import synthetic_inputs
 
 from lgcd_core.config import DatasetConfig, LGCDConfig, PretrainConfig
-from lgcd_core.model.batches import DOMAINS, ItemIndex, synthetic_inputs
+from lgcd_core.model import training
+from lgcd_core.model.batches import DOMAINS, Inputs, ItemIndex
 from lgcd_core.model.encoders import load_encoder
 from lgcd_core.model.lgcd import LGCDModel
 from lgcd_core.model.pretrain import pretrain_encoders
-from lgcd_core.model.scoring import load_encoder_scorer, load_lgcd_scorer
-from lgcd_core.model.train_lgcd import evaluate_inter_domain, inter_domain_cases, train_lgcd
+from lgcd_core.model.runs import all_lgcd_runs
+from lgcd_core.model.scoring import load_encoder_scorer, load_lgcd_model, load_lgcd_scorer
+from lgcd_core.model.train_lgcd import evaluate_inter_domain, inter_domain_cases, train_lgcd, train_lgcd_runs
 
 LGCD = dict(T=10, epochs=3, patience=10, batch_size=32, overlap_per_batch=8, n_experts=4, lr=3e-3)
 
@@ -26,16 +29,25 @@ def setup(tmp_path_factory):
     torch.set_num_threads(1)
     data = synthetic_inputs(n_valid=60, n_test=120, seed=0)
     enc_dir = tmp_path_factory.mktemp("enc")
-    stats = pretrain_encoders(_cfg(), data["items"], data["sequences"], data["eval_cases"], data["embeddings"],
-                              enc_dir, "cpu", log=lambda *_: None)
+    stats = pretrain_encoders(_cfg(), Inputs(**data), enc_dir, "cpu", log=lambda *_: None)
     return data, enc_dir, stats
 
 
-def _train(setup, out, **kw):
+def _train(setup, out, lgcd_cfg: LGCDConfig | None = None):
     data, enc_dir, _ = setup
-    lgcd_cfg = kw.pop("lgcd_cfg", None)
-    return train_lgcd(_cfg(), data["items"], data["sequences"], data["eval_cases"], data["pseudo_overlap"],
-                      data["embeddings"], enc_dir, out, "cpu", log=lambda *_: None, lgcd_cfg=lgcd_cfg, **kw)
+    return train_lgcd(lgcd_cfg or _cfg().lgcd, Inputs(**data), enc_dir, out, "cpu", log=lambda *_: None)
+
+
+def crash_after(monkeypatch, epoch: int) -> None:
+    """Make training stop dead right after the checkpoint of ``epoch`` is written."""
+    save = training.save_checkpoint
+
+    def save_then_crash(path, checkpoint):
+        save(path, checkpoint)
+        if checkpoint["progress"]["epoch"] == epoch:
+            raise KeyboardInterrupt(f"crash after epoch {epoch}")
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
 
 
 def test_pretrain_writes_encoders_and_learns(setup):
@@ -58,14 +70,12 @@ def test_training_decreases_loss_and_beats_untrained(setup, tmp_path):
         assert stats["loss_curve"][dr][-1] < stats["loss_curve"][dr][0]
     for name in ("lgcd.safetensors", "lgcd.json", "history.json"):
         assert (tmp_path / "lgcd" / name).exists()
-    assert not (tmp_path / "lgcd" / "checkpoint.pt").exists()
     index = ItemIndex.from_table(data["items"])
     test_cases = {t: inter_domain_cases(index, data["eval_cases"], t, split="test") for t in DOMAINS}
     torch.manual_seed(0)
     untrained = LGCDModel(_cfg().lgcd, {d: load_encoder(enc_dir, d, index.text_rows(data["embeddings"], d))
                                         for d in DOMAINS})
     score = load_lgcd_scorer(tmp_path / "lgcd", enc_dir, data["embeddings"], data["items"], "cpu")
-    from lgcd_core.model.scoring import load_lgcd_model
     trained, _ = load_lgcd_model(tmp_path / "lgcd", enc_dir, data["embeddings"], data["items"], "cpu")
     before = evaluate_inter_domain(untrained, test_cases, "cpu")["NDCG@10"]
     after = evaluate_inter_domain(trained, test_cases, "cpu")["NDCG@10"]
@@ -80,10 +90,12 @@ def test_training_decreases_loss_and_beats_untrained(setup, tmp_path):
     assert torch.allclose(score(b_only, "B"), full, atol=1e-5)
 
 
-def test_resume_continues_the_same_trajectory(setup, tmp_path):
+def test_resume_continues_the_same_trajectory(setup, tmp_path, monkeypatch):
     _train(setup, tmp_path / "straight")
-    with pytest.raises(KeyboardInterrupt):
-        _train(setup, tmp_path / "resumed", _interrupt_after=2)
+    with monkeypatch.context() as patch:
+        crash_after(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            _train(setup, tmp_path / "resumed")
     assert (tmp_path / "resumed" / "checkpoint.pt").exists()
     _train(setup, tmp_path / "resumed")
     a = load_file(str(tmp_path / "straight" / "lgcd.safetensors"))
@@ -112,3 +124,17 @@ def test_ablation_variant_trains_via_lgcd_cfg(setup, tmp_path):
                                                                      "moe": False}))
     meta = json.loads((tmp_path / "wo" / "lgcd.json").read_text())
     assert meta["lgcd"]["moe"] is False and stats["epochs"] == 1
+
+
+def test_every_seed_and_variant_is_trained_into_its_folder(setup, tmp_path):
+    data, enc_dir, _ = setup
+    cfg = _cfg(epochs=1, seed=1).model_copy(update={"evaluation": _cfg().evaluation.model_copy(
+        update={"seeds": [0, 1], "variants": ["wo_moe"], "baselines": ["popularity"]})})
+    runs = [(name, seed) for name, seed, _ in all_lgcd_runs(cfg)]
+    assert runs == [("lgcd", 1), ("lgcd", 0), ("lgcd_wo_moe", 0), ("lgcd_wo_moe", 1)]
+    stats = train_lgcd_runs(cfg, Inputs(**data), enc_dir, tmp_path, "cpu", log=lambda *_: None)
+    assert sorted(stats) == ["lgcd/seed0", "lgcd/seed1", "lgcd_wo_moe/seed0", "lgcd_wo_moe/seed1"]
+    for folder, seed, moe in ((tmp_path, 1, True), (tmp_path / "lgcd_seed0", 0, True),
+                              (tmp_path / "lgcd_wo_moe_seed0", 0, False), (tmp_path / "lgcd_wo_moe_seed1", 1, False)):
+        meta = json.loads((folder / "lgcd.json").read_text())["lgcd"]
+        assert (meta["seed"], meta["moe"]) == (seed, moe), folder

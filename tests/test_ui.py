@@ -1,4 +1,8 @@
-"""The Dagster UI, opened in a real headless browser, renders every stage of the demo dataset."""
+"""The Dagster UI, opened in a real headless browser: each dataset reads as its own pipeline.
+
+Groups are ``<dataset>/<stage kind>`` (Dagster's nested groups), so the global lineage shows one box per
+dataset, and the dataset's "Filter to this group" in the lineage sidebar shows that dataset alone.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +23,7 @@ from lgcd_pipeline.versions import STAGES
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DATASETS = ("demo", "food_kitchen")  # the data need not exist: definitions load without it
 
 
 def _free_port() -> int:
@@ -39,10 +45,11 @@ def _wait_for(url: str, seconds: float) -> None:
 
 @pytest.fixture
 def webserver(tmp_path: Path):
-    """dagster-webserver on 127.0.0.1 over a definitions set holding only the demo dataset."""
+    """dagster-webserver on 127.0.0.1 over a definitions set holding two datasets."""
     datasets = tmp_path / "datasets"
     datasets.mkdir()
-    shutil.copy(REPO_ROOT / "datasets" / "demo.yaml", datasets / "demo.yaml")
+    for name in DATASETS:
+        shutil.copy(REPO_ROOT / "datasets" / f"{name}.yaml", datasets / f"{name}.yaml")
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
@@ -59,9 +66,14 @@ def webserver(tmp_path: Path):
         proc.wait(timeout=30)
 
 
+def _stage_of(label: str) -> list[str]:
+    """The stages a graph node label can be: long names are ellipsised ("filt…_interactions")."""
+    return [stage for stage in STAGES if label.startswith(stage[:4]) and label.endswith(stage[-8:])]
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable on this machine (apt-get install chromium)")
-def test_asset_graph_renders_every_demo_stage(webserver: str) -> None:
+def test_each_dataset_is_its_own_pipeline_in_the_lineage(webserver: str) -> None:
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -69,19 +81,51 @@ def test_asset_graph_renders_every_demo_stage(webserver: str) -> None:
             "--disable-sync", "--no-first-run"]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=args)
-        page = browser.new_page(viewport={"width": 1800, "height": 1100})
+        page = browser.new_page(viewport={"width": 1800, "height": 1300})
         page.goto(f"{webserver}/asset-groups", wait_until="networkidle")
         skip = page.get_by_role("button", name="Skip")  # the first-visit newsletter dialog
         if skip.count():
             skip.click()
         page.get_by_text("Global asset lineage").wait_for()
-        page.mouse.click(1200, 1000)  # focus the graph canvas, then "Expand all groups" (Alt+E)
+        # The sidebar's top level: one group per dataset, nothing else.
+        sidebar = page.locator("button", has=page.get_by_role("img", name="asset_group")).locator("[title]")
+        sidebar.first.wait_for()
+        global_tree = sidebar.evaluate_all("els => els.map(e => e.title)")
+        assert sorted(global_tree) == sorted(DATASETS)
+
+        # The global graph, every group expanded (Alt+E on the canvas) and zoomed out: one box per dataset.
+        page.mouse.click(1200, 1000)
         page.keyboard.press("Alt+e")
-        page.wait_for_timeout(2000)
+        page.wait_for_timeout(1500)
+        zoom_out = page.locator("button", has=page.get_by_role("img", name="zoom_out"))
+        for _ in range(3):
+            zoom_out.click()
+            page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "asset_graph.png"))
+
+        # One dataset alone: "Filter to this group" in the ⋯ menu of its name in the sidebar (hover, two clicks).
+        more = page.locator("button", has=page.locator("[aria-label=more_horiz]"))  # shown on hover
+        row = page.locator("div", has=page.get_by_title("demo", exact=True)).filter(has=more).last
+        row.hover()
+        row.locator(more).click()
+        page.get_by_text("Filter to this group").click()
+        page.wait_for_timeout(1500)
+        nodes = page.locator("[class*=AssetNode_assetName]")  # the graph's asset nodes
+        if not nodes.count():  # the demo box came collapsed: expand it
+            page.mouse.click(1200, 1000)
+            page.keyboard.press("Alt+e")
+            nodes.first.wait_for()
+            page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "asset_graph_demo.png"))
+        selection = urllib.parse.unquote(page.url)  # the lineage URL carries the selection
+        labels = [label.strip() for label in nodes.all_inner_texts()]
+        demo_tree = sidebar.evaluate_all("els => els.map(e => e.title)")
         rendered = page.inner_text("body")
         browser.close()
-    for stage in STAGES:
-        # long names are ellipsised in graph nodes ("filt…_interactions"): match the two ends
-        head, tail = stage[:4], stage[-8:]
-        assert any(line.startswith(head) and line.endswith(tail) for line in rendered.splitlines()), stage
+
+    assert demo_tree == ["demo"]
+    assert "food_kitchen" not in rendered, "the demo's view shows the other dataset"
+    assert 'group:"demo/*"' in selection, selection  # what the filter bar shows, and what a user can type
+    # every stage of the demo, once: the other dataset's nodes (same stage names) are not drawn
+    assert sorted(stage for label in labels for stage in _stage_of(label)) == sorted(STAGES), labels
+    assert len(labels) == len(STAGES), labels

@@ -38,7 +38,7 @@ def test_every_stage_has_an_entry_and_every_module_a_stage() -> None:
 @pytest.mark.parametrize(("module", "stage"), [
     ("lgcd_core.evaluation.report", "evaluation"),
     ("lgcd_core.language.generation_cache", "pseudo_texts"),
-    ("lgcd_core.model.scoring", "pretrained_encoders"),
+    ("lgcd_core.model.scoring", "evaluation"),
     ("lgcd_core.language.prompts", "pseudo_texts"),
     ("lgcd_core.data.safe_pickle", "raw_items"),
 ])

@@ -1,15 +1,14 @@
-"""The evaluation stage: candidates, every model of the config, metrics table, report and chart.
+"""The evaluation stage: candidates, every model of the config scored on them, metrics table, report and chart.
 
-Model code is imported lazily (lgcd_core.model.scoring / train_lgcd), and only through the
-:data:`~lgcd_core.evaluation.evaluate.Scorer` protocol. Trained models are scored per seed of
-``evaluation.seeds``; the LGCD checkpoint in ``model_dir`` stands for the seed it was trained with
-(``lgcd.seed``), other seeds and every ablation variant are retrained here. SASRec baselines are
-kept in ``baseline_cache`` (when given) and reused while their own inputs are unchanged.
+It trains nothing. The LGCD runs (every seed and variant) come from the ``lgcd_model`` stage folder,
+the SASRec baselines from the ``baselines`` one (:mod:`lgcd_core.model.runs` says where each lives),
+the pretrained encoders from ``pretrained_encoders``; a checkpoint that is missing is an error naming
+it, raised before anything is scored. Model code is imported lazily and seen only through the
+:data:`~lgcd_core.evaluation.evaluate.Scorer` protocol.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,14 +16,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from lgcd_core.config import VARIANT_SWITCHES, DatasetConfig, LGCDConfig
+from lgcd_core.config import DatasetConfig
 from lgcd_core.device import resolve_device
-from lgcd_core.evaluation.baselines import cached_train_sasrec, popularity_scorer
 from lgcd_core.evaluation.candidates import draw_candidates
 from lgcd_core.evaluation.evaluate import Scorer, evaluate_scorers
 from lgcd_core.evaluation.report import metrics_table, plot_metrics, render_report
 from lgcd_core.evaluation.settings import item_domains
-from lgcd_core.io import atomic_path, write_json, write_parquet
+from lgcd_core.io import DataError, atomic_path, write_parquet
+from lgcd_core.model.batches import Inputs
+from lgcd_core.model.runs import lgcd_run_dir, lgcd_runs, run_dir
 
 Log = Callable[[str], None]
 
@@ -36,17 +36,6 @@ def source_only(scorer: Scorer, domains: np.ndarray) -> Scorer:
         return scorer([[i for i in h if domains[i] != target_domain] for h in histories], target_domain)
 
     return score
-
-
-def lgcd_runs(cfg: DatasetConfig, seed: int) -> dict[str, LGCDConfig]:
-    """Model name -> LGCD config of every LGCD model to score for ``seed`` (full model and variants)."""
-    variants = list(cfg.evaluation.variants)
-    if "lgcd_wo_diffusion" in cfg.evaluation.baselines and "wo_diffusion" not in variants:
-        variants.append("wo_diffusion")
-    runs = {"lgcd": cfg.lgcd.model_copy(update={"seed": seed})}
-    for variant in variants:
-        runs[f"lgcd_{variant}"] = cfg.lgcd.model_copy(update={"seed": seed, VARIANT_SWITCHES[variant]: False})
-    return runs
 
 
 def draw_all_candidates(cfg: DatasetConfig, eval_cases: pa.Table, items: pa.Table,
@@ -62,54 +51,60 @@ def draw_all_candidates(cfg: DatasetConfig, eval_cases: pa.Table, items: pa.Tabl
     return candidates
 
 
-def run_evaluation(cfg: DatasetConfig, items: pa.Table, sequences: pa.Table, eval_cases: pa.Table,
-                   pseudo_overlap: pa.Table | None, embeddings: np.ndarray, encoders_dir: Path, model_dir: Path,
-                   out_dir: Path, device: str, log: Log = print, baseline_cache: Path | None = None) -> dict:
-    """Score LGCD, its variants and the baselines on the same candidates; write metrics, report, chart."""
-    from lgcd_core.model.scoring import load_encoder_scorer, load_lgcd_scorer
-    from lgcd_core.model.train_lgcd import train_lgcd
+def needed_files(cfg: DatasetConfig, encoders_dir: Path, model_dir: Path, baselines_dir: Path) -> dict[str, list[Path]]:
+    """Stage -> the trained-model files of that stage the evaluation reads."""
+    from lgcd_core.model.sasrec_baseline import sasrec_files
 
     ev = cfg.evaluation
+    lgcd = [lgcd_run_dir(cfg, model_dir, name, seed) / f for seed in ev.seeds for name in lgcd_runs(cfg, seed)
+            for f in ("lgcd.json", "lgcd.safetensors")]
+    sasrec = [path for seed in ev.seeds for name in ev.sasrec_baselines
+              for path in sasrec_files(run_dir(baselines_dir, name, seed), name.removeprefix("sasrec_"))]
+    encoders = [encoders_dir / f"encoder_{d}.{ext}" for d in "AB" for ext in ("json", "safetensors")]
+    return {"pretrained_encoders": encoders, "lgcd_model": lgcd, "baselines": sasrec}
+
+
+def check_trained(cfg: DatasetConfig, needed: dict[str, list[Path]]) -> None:
+    """:class:`DataError` naming the missing checkpoints and the stages that write them."""
+    missing = {stage: [p for p in paths if not p.is_file()] for stage, paths in needed.items()}
+    missing = {stage: paths for stage, paths in missing.items() if paths}
+    if missing:
+        first = next(iter(missing.values()))[0]
+        raise DataError(f"evaluation scores trained models only, and {sum(map(len, missing.values()))} checkpoint file(s) "
+                        f"are missing (first: {first}); materialize "
+                        + ", ".join(f"{cfg.name}/{stage}" for stage in missing) + " first")
+
+
+def run_evaluation(cfg: DatasetConfig, inputs: Inputs, encoders_dir: Path, model_dir: Path, baselines_dir: Path,
+                   out_dir: Path, device: str, log: Log = print) -> dict:
+    """Score LGCD, its variants and the baselines on the same candidates; write metrics, report, chart."""
+    from lgcd_core.model.sasrec_baseline import load_sasrec_scorer
+    from lgcd_core.model.scoring import load_encoder_scorer, load_lgcd_scorer, popularity_scorer
+
+    ev = cfg.evaluation
+    check_trained(cfg, needed_files(cfg, encoders_dir, model_dir, baselines_dir))
     device = resolve_device(device)
+    items, embeddings = inputs.items, inputs.embeddings
     domains = item_domains(items)
-    candidates = draw_all_candidates(cfg, eval_cases, items, out_dir)
-    tables, train_seconds, training_logs, reused = [], {}, {}, []
+    candidates = draw_all_candidates(cfg, inputs.eval_cases, items, out_dir)
+    tables = []
     for seed in ev.seeds:
         scorers: dict[str, Scorer] = {}
-        for name, lgcd_cfg in lgcd_runs(cfg, seed).items():
-            started = time.time()
-            if name == "lgcd" and seed == cfg.lgcd.seed:
-                run_dir = model_dir
-            else:
-                run_dir = out_dir / "runs" / f"{name}_seed{seed}"
-                log(f"training {name} (seed {seed})")
-                train_lgcd(cfg, items, sequences, eval_cases, pseudo_overlap, embeddings, encoders_dir, run_dir,
-                           device, log=log, lgcd_cfg=lgcd_cfg)
-            scorer = load_lgcd_scorer(run_dir, encoders_dir, embeddings, items, device,
+        for name in lgcd_runs(cfg, seed):
+            scorer = load_lgcd_scorer(lgcd_run_dir(cfg, model_dir, name, seed), encoders_dir, embeddings, items, device,
                                       read_target_history=ev.lgcd_reads_target_history)
             # The evaluator enforces the switch itself rather than trusting the model code to.
             scorers[name] = scorer if ev.lgcd_reads_target_history else source_only(scorer, domains)
-            train_seconds[f"{name}/seed{seed}"] = round(time.time() - started, 1)
-        for mode in ("single", "mixed"):
-            if f"sasrec_{mode}" in ev.baselines:
-                started = time.time()
-                scorer, hit = cached_train_sasrec(baseline_cache, items, sequences, eval_cases, mode, ev.sasrec,
-                                                  device, seed, log, valid_candidates=candidates.get("valid"))
-                scorers[f"sasrec_{mode}"] = scorer
-                if hit:
-                    reused.append(f"sasrec_{mode}/seed{seed}")
-                train_seconds[f"sasrec_{mode}/seed{seed}"] = round(time.time() - started, 1)
-                training_logs[f"sasrec_{mode}/seed{seed}"] = scorer.log
+        for name in ev.sasrec_baselines:
+            scorers[name] = load_sasrec_scorer(run_dir(baselines_dir, name, seed), domains, device)
         if "pretrained_encoder" in ev.baselines:
             scorers["pretrained_encoder"] = load_encoder_scorer(encoders_dir, embeddings, items, device)
         if "popularity" in ev.baselines:
-            scorers["popularity"] = popularity_scorer(items, sequences)
+            scorers["popularity"] = popularity_scorer(items, inputs.sequences)
         log(f"scoring {len(scorers)} models (seed {seed}) on {', '.join(candidates)}")
-        tables.append(evaluate_scorers(scorers, eval_cases, candidates, items, ks=ev.ks, seed=seed,
+        tables.append(evaluate_scorers(scorers, inputs.eval_cases, candidates, items, ks=ev.ks, seed=seed,
                                        batch_size=ev.batch_size))
-    metrics = pa.concat_tables(tables)
-    return {**write_outputs(cfg, items, metrics, candidates, out_dir, train_seconds, training_logs),
-            "baselines_reused": reused}
+    return write_outputs(cfg, items, pa.concat_tables(tables), candidates, out_dir)
 
 
 def cfg_summary(cfg: DatasetConfig, items: pa.Table) -> dict:
@@ -132,8 +127,8 @@ def cfg_summary(cfg: DatasetConfig, items: pa.Table) -> dict:
 
 
 def write_outputs(cfg: DatasetConfig, items: pa.Table, metrics: pa.Table, candidates: dict[str, pa.Table],
-                  out_dir: Path, train_seconds: dict[str, float], training_logs: dict[str, list]) -> dict:
-    """metrics.parquet, report.md, metrics.png, training.json; returns the stats for metadata."""
+                  out_dir: Path) -> dict:
+    """metrics.parquet, report.md, metrics.png; returns the stats for metadata."""
     summary = cfg_summary(cfg, items)
     paper = {r.label: r.model_dump(exclude={"label"}) for r in cfg.evaluation.paper_rows}
     write_parquet(metrics, out_dir / "metrics.parquet")
@@ -142,7 +137,6 @@ def write_outputs(cfg: DatasetConfig, items: pa.Table, metrics: pa.Table, candid
         tmp.write_text(render_report(metrics, summary, paper))
     split = "test" if "test" in candidates else "valid"
     png = plot_metrics(metrics, out_dir / "metrics.png", split, summary["domains"])
-    write_json({"train_seconds": train_seconds, "training_logs": training_logs}, out_dir / "training.json")
     return {
         "n_cases": {s: t.num_rows for s, t in candidates.items()},
         "models": sorted(set(metrics.column("model").to_pylist())),
@@ -151,5 +145,4 @@ def write_outputs(cfg: DatasetConfig, items: pa.Table, metrics: pa.Table, candid
         "png": str(png),
         "report": str(report_path),
         "metrics": str(out_dir / "metrics.parquet"),
-        "train_seconds": train_seconds,
     }

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lgcd_core.config import LGCDConfig
-from lgcd_core.model.batches import NEVER, PSEUDO, other
+from lgcd_core.model.batches import NEVER, PSEUDO
 from lgcd_core.model.diffusion import DiffusionSchedule
 from lgcd_core.model.encoders import DomainEncoder
 
@@ -381,6 +381,3 @@ class LGCDModel(nn.Module):
         logits[:, 0] = float("-inf")
         return logits
 
-
-def direction_of(target: str) -> str:
-    return other(target) + target

@@ -9,13 +9,13 @@ Model selection: after every epoch, valid cases whose target is in D are scored 
 restricted to D-items (cases with no D-item in the history are skipped: an encoder cannot read an
 empty sequence); the metric is full-ranking NDCG@10 over all D items (rank = 1 + #items scoring >= the
 target, ties against the model). The best epoch's weights are kept; training stops after
-``patience`` epochs without improvement. Test cases are never read.
+``patience`` epochs without improvement (the shared loop of :mod:`training`, which also checkpoints
+every epoch). Test cases are never read.
 """
 
 from __future__ import annotations
 
-import math
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from lgcd_core.config import DatasetConfig, PretrainConfig
 from lgcd_core.device import resolve_device
 from lgcd_core.io import atomic_path, write_json
-from lgcd_core.model.batches import DOMAINS, ItemIndex, pad_left, pretrain_rows, trim_left
+from lgcd_core.model.batches import DOMAINS, Inputs, ItemIndex, pad_left, pretrain_rows, trim_left
 from lgcd_core.model.encoders import DomainEncoder, EncoderSpec, save_encoder
-from lgcd_core.model.scoring import rank_metrics
+from lgcd_core.model.training import Budget, GeneratorState, Log, fingerprint_of, finite, fit, full_ranking
 
 
 def domain_valid_cases(index: ItemIndex, eval_cases: pa.Table, domain: str, split: str = "valid") -> tuple[list[np.ndarray], np.ndarray]:
@@ -47,47 +47,37 @@ def domain_valid_cases(index: ItemIndex, eval_cases: pa.Table, domain: str, spli
 @torch.no_grad()
 def evaluate_encoder(encoder: DomainEncoder, histories: list[np.ndarray], targets: np.ndarray,
                      device: str, batch_size: int = 512) -> dict[str, float]:
-    """Full-ranking HR@10 / NDCG@10 of next-item prediction over the domain's items."""
-    if len(targets) == 0:
-        return {"NDCG@10": float("nan"), "HR@10": float("nan"), "n_cases": 0}
+    """Full-ranking NDCG@10 / HR@10 of next-item prediction over the domain's items."""
     encoder.eval()
-    max_len = encoder.spec.max_len
-    hr, ndcg = [], []
-    for lo in range(0, len(targets), batch_size):
-        (items,) = trim_left(pad_left(histories[lo:lo + batch_size], max_len))
-        scores = encoder.scores(items.to(device))
-        m = rank_metrics(scores, torch.as_tensor(targets[lo:lo + batch_size], device=device), ks=(10,))
-        hr.append(m["HR@10"])
-        ndcg.append(m["NDCG@10"])
-    return {"NDCG@10": float(torch.cat(ndcg).mean()), "HR@10": float(torch.cat(hr).mean()), "n_cases": len(targets)}
+
+    def scored() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for lo in range(0, len(targets), batch_size):
+            (items,) = trim_left(pad_left(histories[lo:lo + batch_size], encoder.spec.max_len))
+            yield encoder.scores(items.to(device)), torch.as_tensor(targets[lo:lo + batch_size])
+
+    return {**full_ranking(scored()), "n_cases": len(targets)}
 
 
-def train_domain_encoder(pcfg: PretrainConfig, index: ItemIndex, domain: str, sequences: pa.Table,
-                         eval_cases: pa.Table, embeddings: np.ndarray, device: str, log=print) -> tuple[DomainEncoder, dict]:
-    """Pretrain one domain's encoder; returns the best-on-valid encoder and its training stats."""
+def train_domain_encoder(pcfg: PretrainConfig, index: ItemIndex, domain: str, inputs: Inputs, device: str,
+                         checkpoint: Path, log: Log = print) -> tuple[DomainEncoder, dict]:
+    """Pretrain one domain's encoder; returns the best-on-valid encoder and its training record."""
     seed = pcfg.seed * 2 + DOMAINS.index(domain)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    spec = EncoderSpec(domain=domain, n_items=index.n_domain(domain), dim_text=int(embeddings.shape[1]),
+    spec = EncoderSpec(domain=domain, n_items=index.n_domain(domain), dim_text=int(inputs.embeddings.shape[1]),
                        d=pcfg.d, n_layers=pcfg.n_layers, n_heads=pcfg.n_heads, max_len=pcfg.max_len,
                        dropout=pcfg.dropout)
-    encoder = DomainEncoder(spec, index.text_rows(embeddings, domain)).to(device)
-    inputs, targets = pretrain_rows(index.to_local(sequences.column("items").to_pylist(), domain), pcfg.max_len)
-    v_hist, v_tgt = domain_valid_cases(index, eval_cases, domain)
+    encoder = DomainEncoder(spec, index.text_rows(inputs.embeddings, domain)).to(device)
+    rows_x, rows_y = pretrain_rows(index.to_local(inputs.sequences.column("items").to_pylist(), domain), pcfg.max_len)
+    v_hist, v_tgt = domain_valid_cases(index, inputs.eval_cases, domain)
     opt = torch.optim.Adam(encoder.parameters(), lr=pcfg.lr, weight_decay=pcfg.weight_decay)
     autocast = pcfg.bf16 and device.startswith("cuda")
-    history = {"domain": domain, "n_train_rows": int(len(inputs)), "n_valid_cases": int(len(v_tgt)),
-               "train_loss": [], "valid": [], "seconds_per_epoch": []}
-    best, best_state, bad = -math.inf, None, 0
-    n_batches = math.ceil(len(inputs) / pcfg.batch_size)
-    for epoch in range(1, pcfg.epochs + 1):
-        encoder.train()
-        t0 = time.perf_counter()
-        perm = torch.randperm(len(inputs), generator=gen)
+
+    def train_epoch(epoch: int) -> dict:
+        perm = torch.randperm(len(rows_x), generator=gen)
         total, count = 0.0, 0
-        for b in range(n_batches):
-            rows = perm[b * pcfg.batch_size:(b + 1) * pcfg.batch_size]
-            x, y = trim_left(inputs[rows], targets[rows])
+        for b, rows in enumerate(perm.split(pcfg.batch_size)):
+            x, y = trim_left(rows_x[rows], rows_y[rows])
             x, y = x.to(device), y.to(device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                 hidden = encoder(x)  # (B, L, d) fused (eq. 2)
@@ -96,45 +86,33 @@ def train_domain_encoder(pcfg: PretrainConfig, index: ItemIndex, domain: str, se
             logits = logits.float()
             logits[:, 0] = float("-inf")
             loss = F.cross_entropy(logits, y[real])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"pretraining domain {domain}: loss is {loss.item()} at epoch {epoch}, batch {b}")
+            value = finite(loss, f"pretraining domain {domain}: loss at epoch {epoch}, batch {b}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * int(real.sum())
+            total += value * int(real.sum())
             count += int(real.sum())
-        seconds = time.perf_counter() - t0
-        metrics = evaluate_encoder(encoder, v_hist, v_tgt, device)
-        history["train_loss"].append(total / max(count, 1))
-        history["valid"].append(metrics)
-        history["seconds_per_epoch"].append(seconds)
-        log(f"pretrain {domain} epoch {epoch}: loss {total / max(count, 1):.4f} "
-            f"valid NDCG@10 {metrics['NDCG@10']:.4f} HR@10 {metrics['HR@10']:.4f} ({seconds:.1f}s)")
-        score = metrics["NDCG@10"] if not math.isnan(metrics["NDCG@10"]) else -history["train_loss"][-1]
-        if score > best:
-            best, bad, history["best_epoch"] = score, 0, epoch
-            best_state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= pcfg.patience:
-                break
-    history["epochs"] = len(history["train_loss"])
-    history["best_valid"] = history["valid"][history["best_epoch"] - 1]
-    encoder.load_state_dict(best_state)
-    return encoder.eval(), history
+        return {"loss": total / max(count, 1)}
+
+    run = fingerprint_of({"pretrain": pcfg.model_dump(mode="json"), "domain": domain}, rows_x, rows_y,
+                      [h.tolist() for h in v_hist], v_tgt, encoder.text_vectors)
+    record = fit(encoder, train_epoch, lambda: evaluate_encoder(encoder, v_hist, v_tgt, device),
+                 Budget(pcfg.epochs, pcfg.patience), checkpoint, run, {"optimizer": opt, "generator": GeneratorState(gen)},
+                 f"pretrain {domain}", log)
+    return encoder, {"domain": domain, "n_train_rows": int(len(rows_x)), "n_valid_cases": int(len(v_tgt)), **record}
 
 
-def _plot(histories: dict[str, dict], path: Path) -> None:
+def _plot(records: dict[str, dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for dom, h in histories.items():
-        epochs = range(1, len(h["train_loss"]) + 1)
-        axes[0].plot(epochs, h["train_loss"], marker="o", label=f"domain {dom}")
-        axes[1].plot(epochs, [v["NDCG@10"] for v in h["valid"]], marker="o", label=f"domain {dom}")
+    for dom, record in records.items():
+        epochs = [e["epoch"] for e in record["epochs"]]
+        axes[0].plot(epochs, [e["loss"] for e in record["epochs"]], marker="o", label=f"domain {dom}")
+        axes[1].plot(epochs, [e["valid"]["NDCG@10"] for e in record["epochs"]], marker="o", label=f"domain {dom}")
     axes[0].set(xlabel="epoch", ylabel="train CE (eq. 3)", title="pretraining loss")
     axes[1].set(xlabel="epoch", ylabel="valid NDCG@10 (full ranking)", title="valid")
     for ax in axes:
@@ -145,26 +123,25 @@ def _plot(histories: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def pretrain_encoders(cfg: DatasetConfig, items: pa.Table, sequences: pa.Table, eval_cases: pa.Table,
-                      embeddings: np.ndarray, out_dir: Path, device: str, log=print) -> dict:
-    """Pretrain both domains' encoders; write encoder_{A,B}.safetensors/.json, history.json, loss_curve.png."""
+def pretrain_encoders(cfg: DatasetConfig, inputs: Inputs, out_dir: Path, device: str, log: Log = print) -> dict:
+    """Pretrain both domains' encoders; write encoder_{A,B}.safetensors/.json, history.json, loss_curve.png.
+
+    Each domain's resume checkpoint is ``checkpoint_<D>.pt`` in ``out_dir``.
+    """
     device = resolve_device(device)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    index = ItemIndex.from_table(items)
-    histories = {}
+    index = ItemIndex.from_table(inputs.items)
+    records = {}
     for dom in DOMAINS:
-        encoder, hist = train_domain_encoder(cfg.pretrain, index, dom, sequences, eval_cases, embeddings, device, log)
-        save_encoder(encoder, out_dir, {"best_epoch": hist["best_epoch"], "best_valid": hist["best_valid"],
+        encoder, records[dom] = train_domain_encoder(cfg.pretrain, index, dom, inputs, device,
+                                                     out_dir / f"checkpoint_{dom}.pt", log)
+        save_encoder(encoder, out_dir, {"best_epoch": records[dom]["best_epoch"], "best_valid": records[dom]["best_valid"],
                                         "pretrain": cfg.pretrain.model_dump(mode="json")})
-        histories[dom] = hist
-    write_json(histories, out_dir / "history.json")
-    _plot(histories, out_dir / "loss_curve.png")
-    return {
-        dom: {"epochs": h["epochs"], "best_epoch": h["best_epoch"], "best_valid": h["best_valid"],
-              "loss_curve": h["train_loss"], "valid_ndcg10": [v["NDCG@10"] for v in h["valid"]],
-              "valid_per_epoch": h["valid"],
-              "seconds_per_epoch": float(np.mean(h["seconds_per_epoch"])), "n_train_rows": h["n_train_rows"],
-              "n_valid_cases": h["n_valid_cases"]}
-        for dom, h in histories.items()
-    }
+    write_json(records, out_dir / "history.json")
+    _plot(records, out_dir / "loss_curve.png")
+    return {dom: {"epochs": len(r["epochs"]), "best_epoch": r["best_epoch"], "best_valid": r["best_valid"],
+                  "loss_curve": [e["loss"] for e in r["epochs"]],
+                  "valid_ndcg10": [e["valid"]["NDCG@10"] for e in r["epochs"]],
+                  "seconds_per_epoch": float(np.mean([e["seconds"] for e in r["epochs"]])),
+                  "n_train_rows": r["n_train_rows"], "n_valid_cases": r["n_valid_cases"]}
+            for dom, r in records.items()}

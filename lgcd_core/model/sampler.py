@@ -34,6 +34,12 @@ class CyclicBatchSampler:
         self.rank, self.world_size = rank, world_size
         self.state = {"cycle": 0, "offset": 0}  # position in the overlap cycle (checkpointed)
 
+    def state_dict(self) -> dict:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = dict(state)
+
     def _cycle_order(self, cycle: int) -> np.ndarray:
         return np.random.default_rng([self.seed, 1, cycle]).permutation(self.overlap)
 

@@ -78,12 +78,3 @@ def last_real(hidden: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
     out = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx.clamp(min=0)]
     return out * (idx >= 0).unsqueeze(-1).to(out.dtype)
 
-
-def left_pad(sequences: list[list[int]], max_len: int) -> torch.Tensor:
-    """Right-align the last ``max_len`` items of each sequence into a (B, max_len) int64 tensor."""
-    out = torch.zeros(len(sequences), max_len, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        tail = seq[-max_len:]
-        if tail:
-            out[row, max_len - len(tail):] = torch.as_tensor(tail, dtype=torch.long)
-    return out

@@ -1,14 +1,14 @@
-"""Scorers: map histories (global item ids) to scores over ALL items, for the evaluation stage.
+"""Scorers of the trained models and of popularity, for the evaluation stage.
 
-``Scorer = (histories, target_domain) -> (n, n_items+1) float tensor``. Columns of items outside the
-target domain and column 0 (padding) are ``-inf``. Scoring is batched on tensors under
+A :data:`~lgcd_core.evaluation.evaluate.Scorer` maps ``(histories, target_domain)`` (global item ids) to
+``(n, n_items+1)`` float scores over ALL items. The LGCD and encoder scorers put ``-inf`` on column 0
+(padding) and on the items outside the target domain. Scoring is batched on tensors under
 ``torch.no_grad`` in eval mode; the only Python loop over users is the padding.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,25 +16,9 @@ import pyarrow as pa
 import torch
 
 from lgcd_core.device import resolve_device
-from lgcd_core.model.batches import DOMAINS, ItemIndex, pad_left, trim_left
+from lgcd_core.evaluation.evaluate import Scorer
+from lgcd_core.model.batches import DOMAINS, ItemIndex, item_counts, pad_left, trim_left
 from lgcd_core.model.encoders import DomainEncoder, load_encoder
-
-Scorer = Callable[[list[list[int]], str], torch.Tensor]
-
-
-def rank_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...] = (10,)) -> dict[str, torch.Tensor]:
-    """Per-row HR@k / NDCG@k of full ranking: rank = #(columns scoring >= the target), ties against.
-
-    ``scores``: (n, V) with -inf where an item is not a candidate; ``targets``: (n,) column ids.
-    """
-    target_scores = scores.gather(1, targets.long()[:, None])
-    rank = (scores >= target_scores).sum(1).float()  # counts the target itself: 1 + #others >=
-    out = {}
-    for k in ks:
-        hit = rank <= k
-        out[f"HR@{k}"] = hit.float()
-        out[f"NDCG@{k}"] = torch.where(hit, 1.0 / torch.log2(rank + 1.0), torch.zeros_like(rank))
-    return out
 
 
 def _to_global(local_scores: torch.Tensor, index: ItemIndex, domain: str) -> torch.Tensor:
@@ -120,5 +104,15 @@ def load_lgcd_scorer(model_dir: Path, encoders_dir: Path, embeddings: np.ndarray
             tgt = _local_batch(index, part, target_domain, max_len).to(device) if read_target_history else None
             chunks.append(_to_global(model.scores(direction, src, tgt), index, target_domain))
         return torch.cat(chunks) if chunks else torch.zeros(0, index.n_items + 1)
+
+    return score
+
+
+def popularity_scorer(items: pa.Table, sequences: pa.Table) -> Scorer:
+    """Scores every item by its number of occurrences in the training sequences."""
+    counts = item_counts(sequences.column("items").to_pylist(), items.num_rows + 1)
+
+    def score(histories: list[list[int]], target_domain: str) -> torch.Tensor:
+        return counts.unsqueeze(0).expand(len(histories), -1)
 
     return score

@@ -1,0 +1,216 @@
+"""The one training loop: early stopping on valid, per-epoch checkpoint and resume, NaN checks, progress log.
+
+Pre-training (:mod:`pretrain`), LGCD (:mod:`train_lgcd`) and the SASRec baselines (:mod:`train_sasrec`)
+each hand :func:`fit` a function that trains one epoch and one that scores valid; the loop does the rest.
+
+- Selection: after every ``eval_every``-th epoch and the last, ``evaluate()`` gives valid metrics and
+  the model is selected on ``NDCG@10`` (higher is better; when it is NaN, i.e. there is no valid case,
+  on the lowest training loss). Training stops after ``patience`` evaluations without improvement
+  (``stale_evals``). Test is never read.
+- Checkpoint: every epoch ends by writing ``checkpoint`` atomically: weights, the caller's stateful
+  objects (optimizer, samplers, generators), torch RNG states, progress and the best weights. A re-run
+  with the same ``fingerprint`` resumes from it and ends with the same weights as an uninterrupted
+  run; a finished run's checkpoint says so, and a re-run only restores it. The stage that owns the
+  work folder deletes it once the model is published. It holds only tensors, numbers, strings and
+  containers, and is read with ``weights_only=True``: a planted file runs no code, it raises
+  :class:`DataError` naming it.
+- :func:`finite` turns a loss into a float, or raises :class:`FloatingPointError` saying which.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from lgcd_core.evaluation.metrics import full_ranks, hit_rate, ndcg
+from lgcd_core.io import DataError, atomic_path
+
+Log = Callable[[str], None]
+SELECT = "NDCG@10"
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> Any: ...
+
+
+class GeneratorState:
+    """A ``torch.Generator`` seen as :class:`Stateful`."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to train: at most ``max_epochs``, stopping after ``patience`` evaluations without improvement."""
+
+    max_epochs: int
+    patience: int
+    eval_every: int = 1
+
+
+@dataclass
+class Progress:
+    """What the loop knows between epochs (checkpointed); ``epochs`` is the per-epoch record."""
+
+    epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    stale_evals: int = 0
+    done: bool = False
+    epochs: list[dict] = field(default_factory=list)
+
+
+def finite(loss: torch.Tensor, what: str) -> float:
+    """``loss`` as a float; :class:`FloatingPointError` naming ``what`` when it is NaN or infinite."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{what} is {value}")
+    return value
+
+
+def fingerprint_of(config: dict, *data: torch.Tensor | np.ndarray | list) -> str:
+    """Hash of a run's config and data (tensors, arrays, JSON-able lists): a checkpoint resumes only its own run."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for part in data:
+        if isinstance(part, list):
+            digest.update(json.dumps(part).encode())
+            continue
+        array = part.detach().cpu().numpy() if isinstance(part, torch.Tensor) else part
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def full_ranking(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], k: int = 10) -> dict[str, float]:
+    """NDCG@k and HR@k of each target among every scored column, from ``(scores, targets)`` batches."""
+    ranks = [full_ranks(s, t.to(s.device), torch.ones(s.shape[1], dtype=torch.bool, device=s.device))
+             for s, t in batches]
+    if not ranks:
+        return {f"NDCG@{k}": math.nan, f"HR@{k}": math.nan}
+    ranks = torch.cat(ranks)
+    return {f"NDCG@{k}": float(ndcg(ranks, k).mean()), f"HR@{k}": float(hit_rate(ranks, k).mean())}
+
+
+def fit(model: nn.Module, train_epoch: Callable[[int], dict], evaluate: Callable[[], dict], budget: Budget,
+        checkpoint: Path, fingerprint: str, state: Mapping[str, Stateful] | None = None, name: str = "model",
+        log: Log = print) -> dict:
+    """Train ``model`` in place and leave it with its best-on-valid weights; returns the training record.
+
+    ``train_epoch(epoch)`` trains one epoch and returns its stats, with the mean training ``loss``;
+    ``evaluate()`` returns valid metrics with ``NDCG@10``; ``state`` holds what else a resume restores.
+    """
+    state = state or {}
+    progress, best_state = _resume(model, state, checkpoint, fingerprint, name, log)
+    while not progress.done:
+        progress.epoch += 1
+        model.train()
+        started = time.perf_counter()
+        record = {"epoch": progress.epoch, **train_epoch(progress.epoch)}
+        record["seconds"] = time.perf_counter() - started
+        if progress.epoch % budget.eval_every == 0 or progress.epoch == budget.max_epochs:
+            model.eval()
+            record["valid"] = evaluate()
+            if _improved(progress, record):
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        progress.epochs.append(record)
+        progress.done = progress.epoch >= budget.max_epochs or progress.stale_evals >= budget.patience
+        log(_progress_line(name, record, budget))
+        save_checkpoint(checkpoint, {"fingerprint": fingerprint, "model": model.state_dict(), "best_state": best_state,
+                                     "state": {k: obj.state_dict() for k, obj in state.items()},
+                                     "rng": _rng_state(), "progress": asdict(progress)})
+    model.load_state_dict(best_state)
+    model.eval()
+    best = progress.epochs[progress.best_epoch - 1]
+    return {"epochs": progress.epochs, "best_epoch": progress.best_epoch, "best_valid": best["valid"]}
+
+
+def _improved(progress: Progress, record: dict) -> bool:
+    """Whether this evaluation beats the best so far (and count it as stale if not)."""
+    score = record["valid"][SELECT]
+    score = -record["loss"] if math.isnan(score) else score
+    if score > progress.best_score:
+        progress.best_score, progress.best_epoch, progress.stale_evals = score, record["epoch"], 0
+        return True
+    progress.stale_evals += 1
+    return False
+
+
+def _progress_line(name: str, record: dict, budget: Budget) -> str:
+    line = f"{name} epoch {record['epoch']}/{budget.max_epochs}: loss {record['loss']:.4f}"
+    if "valid" in record:
+        line += " | valid " + " ".join(f"{k} {v:.4f}" for k, v in record["valid"].items() if isinstance(v, float))
+    return line + f" ({record['seconds']:.1f}s)"
+
+
+def _resume(model: nn.Module, state: Mapping[str, Stateful], checkpoint: Path, fingerprint: str, name: str,
+            log: Log) -> tuple[Progress, dict | None]:
+    """Restore a checkpoint written for this run; a fresh :class:`Progress` when there is none."""
+    if not checkpoint.exists():
+        return Progress(), None
+    saved = load_checkpoint(checkpoint)
+    if saved.get("fingerprint") != fingerprint:
+        log(f"{name}: ignoring {checkpoint} (written for another config or data)")
+        return Progress(), None
+    model.load_state_dict(saved["model"])
+    for key, obj in state.items():
+        obj.load_state_dict(saved["state"][key])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if torch.cuda.is_available() and saved["rng"]["cuda"] is not None:
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    progress = Progress(**saved["progress"])
+    log(f"{name}: resuming from {checkpoint} after epoch {progress.epoch}")
+    return progress, saved["best_state"]
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def save_checkpoint(path: Path, checkpoint: dict) -> None:
+    """``torch.save`` atomically (tests patch this to simulate a crash after an epoch)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+_TORCH_ADVICE = re.compile(r"weights_only|Weights only|trust|Please use|file an issue|documentation")
+
+
+def load_checkpoint(path: Path, map_location: str = "cpu") -> dict:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers only, never code.
+
+    Anything else (a pickled object or function, a corrupt file) raises :class:`DataError` naming ``path``.
+    """
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # UnpicklingError for a refused global, RuntimeError for a broken archive
+        raise DataError(f"{path}: not a safe checkpoint ({_load_failure(exc)}); delete it to retrain") from None
+    if not isinstance(ckpt, dict):
+        raise DataError(f"{path}: not a safe checkpoint (holds {type(ckpt).__name__}, not a dict); delete it to retrain")
+    return ckpt
+
+
+def _load_failure(exc: Exception) -> str:
+    """The first sentence of a ``torch.load`` failure that says what is wrong (not torch's advice to load it unsafely)."""
+    sentences = (" ".join(s.split()).rstrip(".") for s in re.split(r"(?<=\.)\s+|\n|WeightsUnpickler error:", str(exc)))
+    return next((s[:200] for s in sentences if s and not _TORCH_ADVICE.search(s)), type(exc).__name__)
