@@ -10,6 +10,7 @@ sampled protocol). Metrics are means of per-case values, so they do not depend o
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +38,11 @@ METRICS_SCHEMA = pa.schema(
         ("setting", pa.string()),
     ]
 )
+
+RANKS_SCHEMA = pa.schema([
+    ("model", pa.string()), ("seed", pa.int32()), ("split", pa.string()), ("setting", pa.string()),
+    ("protocol", pa.string()), ("target_domain", pa.string()), ("case_id", pa.int32()), ("rank", pa.int64()),
+])
 
 
 def rank_cases(
@@ -85,7 +91,14 @@ def _metric_rows(ranks: torch.Tensor, ks: Sequence[int], **labels: object) -> li
     ]
 
 
-def evaluate_scorers(
+class Scored(NamedTuple):
+    """What scoring every model gives: the tidy metrics table and the per-case ranks behind it."""
+
+    metrics: pa.Table  # METRICS_SCHEMA
+    ranks: pa.Table  # RANKS_SCHEMA: one row per model, seed, split, setting, protocol and case
+
+
+def score_all(
     scorers: dict[str, Scorer],
     eval_cases: pa.Table,
     candidates: dict[str, pa.Table],
@@ -94,10 +107,11 @@ def evaluate_scorers(
     seed: int = 0,
     settings: Sequence[Setting] = SETTINGS,
     batch_size: int = 512,
-) -> pa.Table:
-    """Metrics of every scorer on every case of each split in ``candidates`` (the tidy table)."""
+) -> Scored:
+    """Rank every case of each split in ``candidates`` under every scorer; metrics and per-case ranks."""
     domains = item_domains(items)
     rows: list[dict] = []
+    rank_columns: dict[str, list] = {name: [] for name in RANKS_SCHEMA.names}
     for split, split_candidates in candidates.items():
         cases = split_cases(eval_cases, split)
         target_domains = np.asarray(cases.column("target_domain").to_pylist())
@@ -108,6 +122,7 @@ def evaluate_scorers(
                 if not mask.any():
                     continue
                 chosen = cases.filter(pa.array(mask))
+                case_ids = chosen.column("case_id").to_pylist()
                 targets = torch.from_numpy(chosen.column("target").to_numpy().astype(np.int64))
                 negatives = negatives_matrix(chosen, split_candidates)
                 competitors = torch.from_numpy(domains == domain)
@@ -117,6 +132,16 @@ def evaluate_scorers(
                         scorer, domain_histories, targets, negatives, domain, competitors, batch_size
                     )
                     labels = {"model": name, "target_domain": domain, "split": split, "seed": seed, "setting": setting}
-                    rows += _metric_rows(sampled, ks, protocol="sampled999", **labels)
-                    rows += _metric_rows(full, ks, protocol="full", **labels)
-    return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
+                    for protocol, ranks in (("sampled999", sampled), ("full", full)):
+                        rows += _metric_rows(ranks, ks, protocol=protocol, **labels)
+                        for column, value in {**labels, "protocol": protocol}.items():
+                            rank_columns[column] += [value] * len(case_ids)
+                        rank_columns["case_id"] += case_ids
+                        rank_columns["rank"] += ranks.tolist()
+    return Scored(pa.Table.from_pylist(rows, schema=METRICS_SCHEMA), pa.table(rank_columns, schema=RANKS_SCHEMA))
+
+
+def evaluate_scorers(scorers: dict[str, Scorer], eval_cases: pa.Table, candidates: dict[str, pa.Table], items: pa.Table,
+                     **options) -> pa.Table:
+    """Only the metrics table of :func:`score_all`."""
+    return score_all(scorers, eval_cases, candidates, items, **options).metrics

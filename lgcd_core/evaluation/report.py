@@ -2,6 +2,7 @@
 
 Values are mean ± sample standard deviation over the seeds present in the table (just the mean
 for one seed). Published rows (e.g. the paper's) are shown beside ours, labelled with their split.
+Each table is followed by LGCD's paired comparisons (:mod:`lgcd_core.evaluation.comparisons`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from lgcd_core.evaluation.comparisons import MIN_SEEDS, comparisons_markdown
 from lgcd_core.io import atomic_path
 
 SPLIT_ORDER = ("valid", "test")
@@ -98,8 +100,21 @@ def protocol_text(protocol: str, setting: str, split: str, summary: dict) -> str
     )
 
 
-def render_report(metrics: pa.Table, cfg_summary: dict, paper_rows: dict[str, dict] | None = None) -> str:
-    """The whole report.md: a section per split, protocol and setting, protocol stated beside each table."""
+def comparisons_text(comparisons: pa.Table, split: str, protocol: str, setting: str, names: dict[str, str]) -> list[str]:
+    """The paired differences of LGCD against every other model, NDCG@10 and HR@10, as report lines."""
+    tables = [comparisons_markdown(comparisons, split, setting, protocol, metric, 10, names) for metric in ("NDCG", "HR")]
+    if not any(tables):
+        return []
+    return ["Paired differences, LGCD minus each model: per-case difference averaged over the seeds both were "
+            "scored with, 95% bootstrap interval over cases (2,000 resamples); an interval containing 0 is "
+            f"\"no measurable difference\", and a claim needs at least {MIN_SEEDS} seeds.", "",
+            *[line for table in tables if table for line in (table, "")]]
+
+
+def render_report(metrics: pa.Table, cfg_summary: dict, paper_rows: dict[str, dict] | None = None,
+                  comparisons: pa.Table | None = None) -> str:
+    """The whole report.md: a section per split, protocol and setting, protocol stated beside each table,
+    each followed by LGCD's paired comparisons when ``comparisons`` is given."""
     names = cfg_summary.get("domains", {})
     rows = metrics.to_pylist()
     n_cases = {(r["split"], r["target_domain"]): r["n_cases"] for r in rows}
@@ -115,6 +130,8 @@ def render_report(metrics: pa.Table, cfg_summary: dict, paper_rows: dict[str, di
                 lines += [f"## {split} · {protocol} · {setting}", "",
                           protocol_text(protocol, setting, split, cfg_summary), "",
                           metrics_table(metrics, split, protocol, setting, names, paper_rows), ""]
+                if comparisons is not None:
+                    lines += comparisons_text(comparisons, split, protocol, setting, names)
     return "\n".join(lines)
 
 

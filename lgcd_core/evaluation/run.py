@@ -19,7 +19,8 @@ import torch
 from lgcd_core.config import DatasetConfig
 from lgcd_core.device import resolve_device
 from lgcd_core.evaluation.candidates import draw_candidates
-from lgcd_core.evaluation.evaluate import Scorer, evaluate_scorers
+from lgcd_core.evaluation.comparisons import comparisons_markdown, paired_comparisons
+from lgcd_core.evaluation.evaluate import Scorer, score_all
 from lgcd_core.evaluation.report import metrics_table, plot_metrics, render_report
 from lgcd_core.evaluation.settings import item_domains
 from lgcd_core.io import DataError, atomic_path, write_parquet
@@ -87,7 +88,7 @@ def run_evaluation(cfg: DatasetConfig, inputs: Inputs, encoders_dir: Path, model
     items, embeddings = inputs.items, inputs.embeddings
     domains = item_domains(items)
     candidates = draw_all_candidates(cfg, inputs.eval_cases, items, out_dir)
-    tables = []
+    scored = []
     for seed in ev.seeds:
         scorers: dict[str, Scorer] = {}
         for name in lgcd_runs(cfg, seed):
@@ -102,9 +103,13 @@ def run_evaluation(cfg: DatasetConfig, inputs: Inputs, encoders_dir: Path, model
         if "popularity" in ev.baselines:
             scorers["popularity"] = popularity_scorer(items, inputs.sequences)
         log(f"scoring {len(scorers)} models (seed {seed}) on {', '.join(candidates)}")
-        tables.append(evaluate_scorers(scorers, inputs.eval_cases, candidates, items, ks=ev.ks, seed=seed,
-                                       batch_size=ev.batch_size))
-    return write_outputs(cfg, items, pa.concat_tables(tables), candidates, out_dir)
+        scored.append(score_all(scorers, inputs.eval_cases, candidates, items, ks=ev.ks, seed=seed,
+                                batch_size=ev.batch_size))
+    ranks = pa.concat_tables([s.ranks for s in scored])
+    write_parquet(ranks, out_dir / "ranks.parquet")
+    log(f"paired bootstrap comparisons of lgcd against {len(set(ranks.column('model').to_pylist())) - 1} models")
+    comparisons = paired_comparisons(ranks, "lgcd", ks=ev.ks, seed=ev.candidate_seed)
+    return write_outputs(cfg, items, pa.concat_tables([s.metrics for s in scored]), comparisons, candidates, out_dir)
 
 
 def cfg_summary(cfg: DatasetConfig, items: pa.Table) -> dict:
@@ -126,22 +131,24 @@ def cfg_summary(cfg: DatasetConfig, items: pa.Table) -> dict:
     }
 
 
-def write_outputs(cfg: DatasetConfig, items: pa.Table, metrics: pa.Table, candidates: dict[str, pa.Table],
-                  out_dir: Path) -> dict:
-    """metrics.parquet, report.md, metrics.png; returns the stats for metadata."""
+def write_outputs(cfg: DatasetConfig, items: pa.Table, metrics: pa.Table, comparisons: pa.Table,
+                  candidates: dict[str, pa.Table], out_dir: Path) -> dict:
+    """metrics.parquet, comparisons.parquet, report.md, metrics.png; returns the stats for metadata."""
     summary = cfg_summary(cfg, items)
     paper = {r.label: r.model_dump(exclude={"label"}) for r in cfg.evaluation.paper_rows}
     write_parquet(metrics, out_dir / "metrics.parquet")
+    write_parquet(comparisons, out_dir / "comparisons.parquet")
     report_path = out_dir / "report.md"
     with atomic_path(report_path) as tmp:
-        tmp.write_text(render_report(metrics, summary, paper))
+        tmp.write_text(render_report(metrics, summary, paper, comparisons))
     split = "test" if "test" in candidates else "valid"
     png = plot_metrics(metrics, out_dir / "metrics.png", split, summary["domains"])
     return {
         "n_cases": {s: t.num_rows for s, t in candidates.items()},
         "models": sorted(set(metrics.column("model").to_pylist())),
         "seeds": summary["seeds"],
-        "markdown": metrics_table(metrics, split, "sampled999", "inter_domain", summary["domains"], paper, ks=[5, 10]),
+        "markdown": metrics_table(metrics, split, "sampled999", "inter_domain", summary["domains"], paper, ks=[5, 10])
+        + "\n\n" + comparisons_markdown(comparisons, split, "inter_domain", "sampled999", "NDCG", 10, summary["domains"]),
         "png": str(png),
         "report": str(report_path),
         "metrics": str(out_dir / "metrics.parquet"),
