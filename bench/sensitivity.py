@@ -1,8 +1,8 @@
 """Sensitivity of LGCD to n_K, T and λ (the paper's Figure 3), one parameter at a time, on valid.
 
     python -m bench.sensitivity [--dataset demo] [--workspace DIR]
-        [--sweep grounding.n_k=5,10,20] [--sweep lgcd.T=50,100,200]
-        [--sweep lgcd.lambda_A+lgcd.lambda_B=0.1,0.3,0.5,0.7,0.9] [--set section.field=value ...]
+        [--sweep grounding.n_k=5,10,20] [--sweep lgcd.diffusion.T=50,100,200]
+        [--sweep lgcd.diffusion.lambda_A+lgcd.diffusion.lambda_B=0.1,0.3,0.5,0.7,0.9] [--set section.field=value ...]
 
 Every point starts from the dataset's YAML, changes one field (``a+b`` changes several to the same
 value) and re-materializes only what that change invalidates (``grounded_items`` onwards for n_K,
@@ -32,7 +32,8 @@ import yaml
 
 from bench.common import REPO_ROOT, apply_assignment, isolated_workspace, mean_std, publish, set_field, sync_stages
 
-DEFAULT_SWEEPS = ["grounding.n_k=5,10,20", "lgcd.T=50,100,200", "lgcd.lambda_A+lgcd.lambda_B=0.1,0.3,0.5,0.7,0.9"]
+DEFAULT_SWEEPS = ["grounding.n_k=5,10,20", "lgcd.diffusion.T=50,100,200",
+                  "lgcd.diffusion.lambda_A+lgcd.diffusion.lambda_B=0.1,0.3,0.5,0.7,0.9"]
 METRICS = [("NDCG", 10), ("HR", 10)]
 
 

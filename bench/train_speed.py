@@ -111,18 +111,20 @@ def bench_lgcd(data, index, pcfg: PretrainConfig, lc: LGCDConfig, steps: int, de
                                          pcfg.n_heads, pcfg.max_len, pcfg.dropout), index.text_rows(data["embeddings"], d))
             for d in "AB"}
     model = LGCDModel(lc, encs).to(device)
-    opt = torch.optim.Adam(model.trainable_parameters(), lr=lc.lr)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=lc.training.lr)
     rows = []
     for dr in ("AB", "BA"):
-        dd = build_direction(index, dr[0], data["sequences"], data["pseudo_overlap"], lc.max_len, lc.targets)
-        sampler = CyclicBatchSampler(dd.overlap_rows, dd.pseudo_rows, lc.batch_size, lc.overlap_per_batch, True, 0)
+        dd = build_direction(index, dr[0], data["sequences"], data["pseudo_overlap"], lc.architecture.max_len,
+                             lc.interpretation.targets)
+        sampler = CyclicBatchSampler(dd.overlap_rows, dd.pseudo_rows, lc.training.batch_size,
+                                     lc.training.overlap_per_batch, True, 0)
         batches = sampler.epoch(1)
         gen = torch.Generator().manual_seed(0)
         model.train()
 
         def step(i: int) -> tuple[int, int]:  # called only within this iteration of the loop
             batch = dd.batch(batches[i % len(batches)], device)  # noqa: B023
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=lc.bf16 and device.startswith("cuda")):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=lc.training.bf16 and device.startswith("cuda")):
                 out = model(dr, batch, gen)  # noqa: B023
             opt.zero_grad()
             out["total"].backward()
@@ -156,7 +158,7 @@ def bench_reverse(model: LGCDModel, index, data, device: str, n_users: int = 512
         hist = [h for h in hist if len(h)][:n_users]
         from lgcd_core.model.batches import pad_left
 
-        (src,) = trim_left(pad_left(hist, model.cfg.max_len))
+        (src,) = trim_left(pad_left(hist, model.cfg.architecture.max_len))
         src = src.to(device)
         model.scores(source + target, src)  # warm-up (and item cache)
         t_start = model.schedule.start_step(model.lam(target))
@@ -166,7 +168,7 @@ def bench_reverse(model: LGCDModel, index, data, device: str, n_users: int = 512
             model.user_vectors(source + target, src)
             _sync(device)
             secs = time.perf_counter() - t0
-        out.append({"phase": f"inference {source}->{target}: reverse {t_start} of T={model.cfg.T} steps, batch {len(hist)}",
+        out.append({"phase": f"inference {source}->{target}: reverse {t_start} of T={model.cfg.diffusion.T} steps, batch {len(hist)}",
                     "steps": t_start, "seq_per_s": len(hist) / secs, "ms_per_step": 1000 * secs / t_start,
                     "peak_mib": mem.mib, "ms_per_user": 1000 * secs / len(hist)})
     return out
@@ -211,9 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name
     memo = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "peak process RSS (psutil)"
     text = (f"# Training speed\n\nDevice: {dev_name}; torch {torch.__version__}; batch {pcfg.batch_size} (pretrain) / "
-            f"{lc.batch_size} with {lc.overlap_per_batch} overlap rows (LGCD); d={pcfg.d}; T={lc.T}, "
-            f"λ_A={lc.lambda_A}, λ_B={lc.lambda_B}; reverse in training: {lc.train_reverse} "
-            f"(grad through the last {lc.reverse_grad_steps} step(s)).\n"
+            f"{lc.training.batch_size} with {lc.training.overlap_per_batch} overlap rows (LGCD); d={pcfg.d}; "
+            f"T={lc.diffusion.T}, λ_A={lc.diffusion.lambda_A}, λ_B={lc.diffusion.lambda_B}; reverse in training: "
+            "the whole chain from t_start, grad through its last step.\n"
             f"Inputs: synthetic, scale {s} of Food-Kitchen ({index.n_domain('A')} / {index.n_domain('B')} items, "
             f"{data['sequences'].num_rows} sequences, {data['pseudo_overlap'].num_rows} pseudo-overlap rows; "
             f"generated in {gen_s:.0f}s). Memory: {memo}. Load average at the end: "

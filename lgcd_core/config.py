@@ -21,6 +21,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lgcd_core.stages import STAGES
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS_DIR = REPO_ROOT / "datasets"
 NAME_PATTERN = re.compile(r"[a-z0-9_]+")  # dataset names: YAML file stems, asset key prefixes, folder names
@@ -43,24 +45,24 @@ class _Section(BaseModel):
 class AmazonFiles(_Section):
     """Raw Amazon review dumps for one domain (plain or .gz)."""
 
-    reviews: str
-    meta: str
+    reviews: str  # the reviews file (user, item, time), relative to source.path
+    meta: str  # the item metadata file (title, categories, ...), relative to source.path
 
 
 class SyntheticSpec(_Section):
     """Size and shape of the synthetic demo data (see lgcd_core.data.synthetic)."""
 
-    seed: int = 7
-    n_tastes: int = Field(default=6, ge=2, le=8)
-    n_items_a: int = Field(default=300, ge=2)
-    n_items_b: int = Field(default=400, ge=2)
-    n_overlap_users: int = Field(default=300, ge=0)
-    n_a_only_users: int = Field(default=250, ge=0)
-    n_b_only_users: int = Field(default=250, ge=0)
-    min_len: int = Field(default=5, ge=1)
-    max_len: int = Field(default=14, ge=1)
-    zipf_exponent: float = Field(default=1.1, ge=0.0)
-    taste_purity: float = Field(default=0.8, ge=0.0, le=1.0)
+    seed: int = 7  # the generator's seed: the same spec gives the same files, byte for byte
+    n_tastes: int = Field(default=6, ge=2, le=8)  # latent tastes (italian, baking, tea, ...) shared by both domains
+    n_items_a: int = Field(default=300, ge=2)  # items of domain A (Grocery)
+    n_items_b: int = Field(default=400, ge=2)  # items of domain B (Kitchen)
+    n_overlap_users: int = Field(default=300, ge=0)  # users with items in both domains
+    n_a_only_users: int = Field(default=250, ge=0)  # users with A items only
+    n_b_only_users: int = Field(default=250, ge=0)  # users with B items only
+    min_len: int = Field(default=5, ge=1)  # fewest interactions of a user
+    max_len: int = Field(default=14, ge=1)  # most interactions of a user
+    zipf_exponent: float = Field(default=1.1, ge=0.0)  # item popularity within a taste: Zipf-like with this exponent
+    taste_purity: float = Field(default=0.8, ge=0.0, le=1.0)  # chance an interaction comes from the user's main taste
 
     @model_validator(mode="after")
     def _lengths(self) -> SyntheticSpec:
@@ -78,13 +80,13 @@ class SourceConfig(_Section):
     environment variable that is set, its value replaces ``path``.
     """
 
-    format: Literal["amazon", "llmcdsr", "synthetic"]
-    path: str
-    path_env: str | None = None
-    amazon_version: Literal[2014, 2018, 2023] | None = None
-    files: dict[Literal["A", "B"], AmazonFiles] | None = None
-    synthetic: SyntheticSpec | None = None
-    missing_metadata: Literal["error", "drop"] = "error"
+    format: Literal["amazon", "llmcdsr", "synthetic"]  # raw Amazon dumps, LLMCDSR's processed folders, or generated
+    path: str  # the raw data folder (for 'synthetic': where the generated files go)
+    path_env: str | None = None  # an environment variable that, when set, replaces path
+    amazon_version: Literal[2014, 2018, 2023] | None = None  # the Amazon dump's layout ('amazon' only)
+    files: dict[Literal["A", "B"], AmazonFiles] | None = None  # the files of each domain ('amazon' only)
+    synthetic: SyntheticSpec | None = None  # the generated data's spec ('synthetic' only; defaults when absent)
+    missing_metadata: Literal["error", "drop"] = "error"  # reviews of items without metadata: fail, or drop them
 
     @model_validator(mode="after")
     def _format_fields(self) -> SourceConfig:
@@ -100,8 +102,10 @@ class SourceConfig(_Section):
 
 
 class DomainNames(_Section):
-    A: str
-    B: str
+    """Display names of the two domains (prompts, reports)."""
+
+    A: str  # e.g. "Food"
+    B: str  # e.g. "Kitchen"
 
 
 class FilterConfig(_Section):
@@ -111,17 +115,17 @@ class FilterConfig(_Section):
     dataset (the paper: "latest month" for Movie-Book, "past year" for Food-Kitchen).
     """
 
-    k_core: int | None = Field(default=5, ge=1)
-    time_window_days: int | None = Field(default=None, ge=1)
+    k_core: int | None = Field(default=5, ge=1)  # every user and item keeps >= k interactions per domain; null: no filter
+    time_window_days: int | None = Field(default=None, ge=1)  # keep the last this many days; null: all time
 
 
 class SplitConfig(_Section):
     """Held-out overlap users for raw data. LLMCDSR data brings its own valid/test files."""
 
-    seed: int = 42
-    valid_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
-    test_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
-    min_history: int = Field(default=1, ge=1)
+    seed: int = 42  # shuffles the eligible overlap users before they are held out
+    valid_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)  # share of overlap users held out for valid
+    test_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)  # share of overlap users held out for test
+    min_history: int = Field(default=1, ge=1)  # a held-out user needs this many other-domain items before the target
 
     @model_validator(mode="after")
     def _ratios(self) -> SplitConfig:
@@ -138,32 +142,32 @@ class SplitConfig(_Section):
 class TextEncoderConfig(_Section):
     """sentence-transformers model for item text (eq. 1, 5). 'default' = offline all-MiniLM-L6-v2."""
 
-    model: str = "default"
-    batch_size: int = Field(default=128, ge=1)
-    max_seq_length: int = Field(default=128, ge=8)
+    model: str = "default"  # a sentence-transformers model name or folder
+    batch_size: int = Field(default=128, ge=1)  # item texts encoded per batch
+    max_seq_length: int = Field(default=128, ge=8)  # tokens of an item text the encoder reads
     trust_remote_code: bool = False  # e.g. jinaai/jina-embeddings-v2-base-en needs True
 
 
 class GenerationConfig(_Section):
     """Decoding settings; every field is part of the generation cache key."""
 
-    max_new_tokens: int = Field(default=64, ge=1)
-    do_sample: bool = False
-    temperature: float = Field(default=0.7, gt=0.0)
-    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0)
-    seed: int = 0
+    max_new_tokens: int = Field(default=64, ge=1)  # longest answer, in tokens
+    do_sample: bool = False  # sample (temperature, top_p); false: greedy decoding
+    temperature: float = Field(default=0.7, gt=0.0)  # sampling temperature (do_sample only)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)  # nucleus sampling mass (do_sample only)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)  # 1: none
+    seed: int = 0  # sampling seed
 
 
 class HttpBackendConfig(_Section):
     """An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp server, Ollama)."""
 
-    base_url: str
-    model: str
-    api_key_env: str | None = None
-    concurrency: int = Field(default=4, ge=1)
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
+    base_url: str  # e.g. http://localhost:8000/v1
+    model: str  # the model name the server expects
+    api_key_env: str | None = None  # the environment variable holding the API key (never the key itself)
+    concurrency: int = Field(default=4, ge=1)  # requests in flight at once
+    timeout_s: float = Field(default=60.0, gt=0)  # per request
+    max_retries: int = Field(default=3, ge=0)  # retries of a failed request
     backoff_s: float = Field(default=1.0, ge=0)  # wait before retry r is backoff_s * 2**r
 
     @field_validator("api_key_env")
@@ -179,21 +183,21 @@ class HttpBackendConfig(_Section):
 class LLMConfig(_Section):
     """Pseudo-text generation (eq. 4). 'default' model = offline SmolLM2-135M-Instruct GGUF."""
 
-    backend: Literal["transformers", "http"] = "transformers"
-    model: str = "default"
-    gguf_file: str | None = None
-    batch_size: int = Field(default=16, ge=1)
-    max_users: int | None = Field(default=None, ge=1)
-    sample_seed: int = 0
-    history_items: int = Field(default=10, ge=1)
+    backend: Literal["transformers", "http"] = "transformers"  # a local model, or an OpenAI-compatible server (http)
+    model: str = "default"  # a Hugging Face model name or folder (transformers backend)
+    gguf_file: str | None = None  # a GGUF file inside model to load instead of safetensors
+    batch_size: int = Field(default=16, ge=1)  # prompts per generation batch (transformers backend)
+    max_users: int | None = Field(default=None, ge=1)  # a seeded sample of this many single-domain users; null: all
+    sample_seed: int = 0  # seed of that sample
+    history_items: int = Field(default=10, ge=1)  # the user's most recent source items the prompt lists
     n_descriptions: int = Field(default=5, ge=1)  # how many target items the prompt asks for
     max_item_chars: int = Field(default=160, ge=8)  # each history item's text is cut to this
-    template_a_to_b: str = "default"
-    template_b_to_a: str = "default"
-    trust_remote_code: bool = False
+    template_a_to_b: str = "default"  # prompt template for A-only users (a file with {items}); 'default' = packaged
+    template_b_to_a: str = "default"  # prompt template for B-only users
+    trust_remote_code: bool = False  # let transformers run the model repository's own code
     on_failure: Literal["raise", "unusable"] = "raise"  # requests that fail after all retries
-    generation: GenerationConfig = GenerationConfig()
-    http: HttpBackendConfig | None = None
+    generation: GenerationConfig = GenerationConfig()  # decoding settings
+    http: HttpBackendConfig | None = None  # the server (backend 'http' only)
 
     @model_validator(mode="after")
     def _http(self) -> LLMConfig:
@@ -209,14 +213,16 @@ class GroundingConfig(_Section):
     users whose answer has no description (see lgcd_core.language.grounding).
     """
 
-    n_k: int = Field(default=10, ge=1)
-    per_description_k: int | None = Field(default=None, ge=1)
-    merge: Literal["round_robin", "max_score", "mean_query"] = "round_robin"
-    unusable: Literal["source_history", "drop"] = "source_history"
+    n_k: int = Field(default=10, ge=1)  # n_K: grounded target items per user (eq. 6)
+    per_description_k: int | None = Field(default=None, ge=1)  # nearest items fetched per description; null: n_k
+    merge: Literal["round_robin", "max_score", "mean_query"] = "round_robin"  # per-description lists -> n_k items
+    unusable: Literal["source_history", "drop"] = "source_history"  # no description: query with the source items, or drop
 
 
 class PseudoOverlapConfig(_Section):
-    seed: int = 0
+    """Insertion of grounded items into source sequences (the pseudo-overlap users)."""
+
+    seed: int = 0  # with user_idx, seeds where each user's grounded items are inserted
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,66 +233,128 @@ class PseudoOverlapConfig(_Section):
 class PretrainConfig(_Section):
     """Per-domain ID + text sequence encoders, next-item pre-training (eq. 1-3)."""
 
-    d: int = Field(default=64, ge=4)
-    n_layers: int = Field(default=2, ge=1)
-    n_heads: int = Field(default=1, ge=1)
-    max_len: int = Field(default=50, ge=2)
-    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    batch_size: int = Field(default=128, ge=1)
-    epochs: int = Field(default=30, ge=1)
-    patience: int = Field(default=5, ge=1)
-    seed: int = 0
+    d: int = Field(default=64, ge=4)  # hidden size of both encoders, and of LGCD
+    n_layers: int = Field(default=2, ge=1)  # transformer layers of each sequence encoder
+    n_heads: int = Field(default=1, ge=1)  # attention heads per layer; must divide d
+    max_len: int = Field(default=50, ge=2)  # most recent items of a sequence the encoders read
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)  # dropout inside the encoders
+    lr: float = Field(default=1e-3, gt=0)  # Adam learning rate
+    weight_decay: float = Field(default=0.0, ge=0)  # Adam weight decay
+    batch_size: int = Field(default=128, ge=1)  # sequences per batch
+    epochs: int = Field(default=30, ge=1)  # most epochs per domain; the best one on valid NDCG@10 is kept
+    patience: int = Field(default=5, ge=1)  # stop after this many epochs without a better valid NDCG@10
+    seed: int = 0  # seeds initialisation and batch order
     bf16: bool = False  # bf16 autocast on CUDA
 
 
-class LGCDConfig(_Section):
-    """Conditional diffusion preference generator and MoE fusion (eq. 7-27), with ablation switches."""
+class LGCDDiffusion(_Section):
+    """The conditional diffusion process (eq. 9-20)."""
 
-    T: int = Field(default=100, ge=1)
-    beta_min: float = Field(default=1e-4, gt=0)
-    beta_max: float = Field(default=0.1, gt=0)
-    lambda_A: float = Field(default=0.5, gt=0.0, le=1.0)
-    lambda_B: float = Field(default=0.3, gt=0.0, le=1.0)
-    n_heads: int = Field(default=4, ge=1)
-    n_experts: int = Field(default=8, ge=1)
-    overlap_per_batch: int = Field(default=32, ge=0)
-    batch_size: int = Field(default=128, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    epochs: int = Field(default=30, ge=1)
-    patience: int = Field(default=5, ge=1)
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
-    freeze_encoders: bool = True
-    seed: int = 0
-    # Table 3 ablations
-    use_diffusion: bool = True
-    overlap_diffusion: bool = True
-    pseudo_diffusion: bool = True
-    alignment_loss: bool = True
-    guesser: bool = True
-    moe: bool = True
-    cyclic_batches: bool = True
-    # Choices where the paper is ambiguous (docs/method.md explains each)
-    max_len: int = Field(default=50, ge=2)
-    targets: Literal["all", "last_per_domain", "last"] = "all"
-    condition_tokens: Literal["sequence", "last"] = "sequence"
-    pseudo_condition: Literal["id_fused", "id_raw", "full"] = "id_fused"
-    x0_when_empty: Literal["skip", "zero"] = "skip"
-    align_on: Literal["pseudo", "overlap", "both"] = "pseudo"
-    guess_on: Literal["overlap", "both"] = "overlap"
-    schedule: Literal["sqrt_linear", "linear"] = "sqrt_linear"
-    train_reverse: Literal["full", "one_step"] = "full"
-    reverse_grad_steps: int = Field(default=1, ge=1)
-    reverse_noise: bool = False
-    diff_weight: float = Field(default=1.0, ge=0)
-    guess_weight: float = Field(default=1.0, ge=0)
-    align_weight: float = Field(default=1.0, ge=0)
-    pseudo_rec_weight: float = Field(default=1.0, ge=0)
-    encoder_lr: float = Field(default=1e-4, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    bf16: bool = False
-    eval_batch_size: int = Field(default=512, ge=1)
+    T: int = Field(default=100, ge=1)  # number of diffusion steps T; timesteps run 1..T
+    beta_min: float = Field(default=1e-4, gt=0)  # β_1, the noise variance of the first step (eq. 9)
+    beta_max: float = Field(default=0.1, gt=0)  # β_T, the noise variance of the last step
+    schedule: Literal["sqrt_linear", "linear"] = "sqrt_linear"  # β_t between them: √β linear (our reading) or β linear
+    lambda_A: float = Field(default=0.5, gt=0.0, le=1.0)  # λ when A is the target: reverse starts at t = λT (eq. 18-19)
+    lambda_B: float = Field(default=0.3, gt=0.0, le=1.0)  # λ when B is the target
+
+
+class LGCDArchitecture(_Section):
+    """Sizes of the denoiser and the fusion; d comes from the pretrained encoders (``pretrain.d``)."""
+
+    n_heads: int = Field(default=4, ge=1)  # heads of the denoiser's cross-attention (eq. 13); must divide d
+    n_experts: int = Field(default=8, ge=1)  # experts of the MoE fusion (eq. 23-24)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)  # dropout on the denoiser's attention weights and FFN
+    max_len: int = Field(default=50, ge=2)  # most recent items of each domain a training row or scored history keeps
+
+
+class LGCDTraining(_Section):
+    """The training loop: batches, optimiser, early stopping."""
+
+    epochs: int = Field(default=30, ge=1)  # most epochs; the best one on valid NDCG@10 is kept
+    patience: int = Field(default=5, ge=1)  # stop after this many epochs without a better valid NDCG@10
+    batch_size: int = Field(default=128, ge=1)  # rows per batch (one direction per batch)
+    overlap_per_batch: int = Field(default=32, ge=0)  # real overlap rows in every cyclic batch (ablations.cyclic_batches)
+    lr: float = Field(default=1e-3, gt=0)  # Adam learning rate of the denoiser, guesser and fusion
+    encoder_lr: float = Field(default=1e-4, gt=0)  # Adam learning rate of the encoders when not frozen
+    weight_decay: float = Field(default=0.0, ge=0)  # Adam weight decay
+    freeze_encoders: bool = True  # keep the pretrained encoders fixed (and in eval mode); false fine-tunes them
+    seed: int = 0  # seed of the default model (evaluation.seeds trains more)
+    bf16: bool = False  # bf16 autocast on CUDA
+    eval_batch_size: int = Field(default=512, ge=1)  # rows per batch when scoring valid cases
+
+
+class LGCDAblations(_Section):
+    """The Table 3 switches; each variant of ``evaluation.variants`` turns one off (VARIANT_SWITCHES)."""
+
+    use_diffusion: bool = True  # false: no generator, h^rev = 0, only L_rec ('w/o diffusion')
+    overlap_diffusion: bool = True  # L_diff (eq. 17) on real overlap rows
+    pseudo_diffusion: bool = True  # L_diff (eq. 17) on pseudo-overlap rows
+    alignment_loss: bool = True  # L_align (eq. 21)
+    guesser: bool = True  # warm start from g(h^cond) at t = λT (eq. 18, 22); false: start at x_T = 0
+    moe: bool = True  # MoE fusion (eq. 23-24); false: one linear layer on [h^cond ; h^rev]
+    cyclic_batches: bool = True  # every batch holds training.overlap_per_batch overlap rows; false: pooled and shuffled
+
+
+class LGCDInterpretation(_Section):
+    """Choices where the paper is ambiguous; the defaults are our reading (docs/method.md explains each)."""
+
+    targets: Literal["all", "last_per_domain", "last"] = "all"  # which target-domain items are L_rec targets; 'last' = paper-literal
+    condition_tokens: Literal["sequence", "last"] = "sequence"  # denoiser keys/values: every source position, or h^cond alone (eq. 13)
+    pseudo_condition: Literal["id_fused", "full"] = "id_fused"  # pseudo rows' condition: ID only (eq. 8), or ID + text like real rows
+    align_on: Literal["pseudo", "overlap", "both"] = "pseudo"  # rows L_align (eq. 21) applies to; eq. 27 says pseudo
+    reverse_noise: bool = False  # noise the warm start with a drawn ε (eq. 11); false: ε = 0, deterministic scores
+
+
+class LGCDLossWeights(_Section):
+    """Weights of the loss terms (eq. 26-27 add them unweighted: all 1)."""
+
+    diff: float = Field(default=1.0, ge=0)  # L_diff (eq. 17)
+    guess: float = Field(default=1.0, ge=0)  # L_guess (eq. 22)
+    align: float = Field(default=1.0, ge=0)  # L_align (eq. 21)
+    pseudo_rec: float = Field(default=1.0, ge=0)  # L_rec of pseudo rows, against 1 for real overlap rows (eq. 25, 27)
+
+
+# Fields of the flat `lgcd` section before it was split, and where each one lives now.
+_LGCD_MOVED = {
+    **{f: f"{section}.{f}" for section, model in (("diffusion", LGCDDiffusion), ("architecture", LGCDArchitecture),
+                                                  ("training", LGCDTraining), ("ablations", LGCDAblations),
+                                                  ("interpretation", LGCDInterpretation))
+       for f in model.model_fields},
+    **{f"{term}_weight": f"loss_weights.{term}" for term in LGCDLossWeights.model_fields},
+}
+
+
+class LGCDConfig(_Section):
+    """Conditional diffusion preference generator and MoE fusion (eq. 7-27), in sections.
+
+    Change one field of a config with :meth:`with_updates` (``{"ablations.guesser": False}``).
+    """
+
+    diffusion: LGCDDiffusion = LGCDDiffusion()  # T, the β schedule, λ per target domain
+    architecture: LGCDArchitecture = LGCDArchitecture()  # heads, experts, dropout, history length
+    training: LGCDTraining = LGCDTraining()  # epochs, batches, learning rates, seed
+    ablations: LGCDAblations = LGCDAblations()  # the Table 3 switches (all on = the full model)
+    interpretation: LGCDInterpretation = LGCDInterpretation()  # our readings where the paper is ambiguous
+    loss_weights: LGCDLossWeights = LGCDLossWeights()  # weights of L_diff, L_guess, L_align, pseudo L_rec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: object) -> object:
+        """A YAML written for the flat section: say where each of its fields lives now."""
+        moved = [f"'{key}' is now '{_LGCD_MOVED[key]}'" for key in data if key in _LGCD_MOVED] if isinstance(data, dict) else []
+        if moved:
+            raise ValueError(f"the lgcd section is split into sections: {', '.join(moved)}")
+        return data
+
+    def with_updates(self, updates: dict[str, object]) -> LGCDConfig:
+        """A validated copy with dotted fields replaced, e.g. ``{"training.seed": 1, "ablations.moe": False}``."""
+        data = self.model_dump()
+        for path, value in updates.items():
+            section, _, field = path.partition(".")
+            if section not in data or field not in data[section]:
+                raise KeyError(f"LGCDConfig has no field {path!r}")
+            data[section][field] = value
+        return type(self).model_validate(data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,16 +362,16 @@ class LGCDConfig(_Section):
 # --------------------------------------------------------------------------------------------
 
 
-# Ablation variants of LGCD (Table 3): variant name -> the LGCDConfig switch it turns off.
-# A variant is reported as model ``lgcd_<variant>``.
+# Ablation variants of LGCD (Table 3): variant name -> the LGCDConfig switch it turns off (a dotted
+# path for LGCDConfig.with_updates). A variant is reported as model ``lgcd_<variant>``.
 VARIANT_SWITCHES: dict[str, str] = {
-    "wo_diffusion": "use_diffusion",
-    "wo_overlap_diffusion": "overlap_diffusion",
-    "wo_pseudo_diffusion": "pseudo_diffusion",
-    "wo_alignment": "alignment_loss",
-    "wo_guesser": "guesser",
-    "wo_moe": "moe",
-    "wo_cyclic": "cyclic_batches",
+    "wo_diffusion": "ablations.use_diffusion",
+    "wo_overlap_diffusion": "ablations.overlap_diffusion",
+    "wo_pseudo_diffusion": "ablations.pseudo_diffusion",
+    "wo_alignment": "ablations.alignment_loss",
+    "wo_guesser": "ablations.guesser",
+    "wo_moe": "ablations.moe",
+    "wo_cyclic": "ablations.cyclic_batches",
 }
 SASREC_BASELINES = ("sasrec_single", "sasrec_mixed")  # trained by the `baselines` stage, in this order
 BASELINES = (*SASREC_BASELINES, "pretrained_encoder", "popularity", "lgcd_wo_diffusion")
@@ -319,42 +387,44 @@ class BaselineSASRecConfig(_Section):
     target domain); test is never read.
     """
 
-    d: int = Field(default=64, ge=4)
-    n_layers: int = Field(default=2, ge=1)
-    n_heads: int = Field(default=1, ge=1)
-    max_len: int = Field(default=50, ge=2)
-    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
-    lr: float = Field(default=5e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    batch_size: int = Field(default=256, ge=1)
-    max_epochs: int = Field(default=15, ge=1)
-    patience: int = Field(default=3, ge=1)
-    eval_every: int = Field(default=1, ge=1)
-    train_negatives: int | None = Field(default=1000, ge=1)
-    selection_setting: Literal["inter_domain", "mixed_history"] = "mixed_history"
-    selection_protocol: Literal["sampled999", "full"] = "sampled999"
+    d: int = Field(default=64, ge=4)  # hidden size
+    n_layers: int = Field(default=2, ge=1)  # transformer layers
+    n_heads: int = Field(default=1, ge=1)  # attention heads per layer; must divide d
+    max_len: int = Field(default=50, ge=2)  # most recent items of a sequence the model reads
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)  # dropout inside the model
+    lr: float = Field(default=5e-3, gt=0)  # Adam learning rate
+    weight_decay: float = Field(default=0.0, ge=0)  # Adam weight decay
+    batch_size: int = Field(default=256, ge=1)  # sequences per batch
+    max_epochs: int = Field(default=15, ge=1)  # most epochs; the best one on valid NDCG@10 is kept
+    patience: int = Field(default=3, ge=1)  # stop after this many evaluations without a better valid NDCG@10
+    eval_every: int = Field(default=1, ge=1)  # epochs between valid evaluations
+    train_negatives: int | None = Field(default=1000, ge=1)  # sampled-softmax negatives; null: full softmax
+    selection_setting: Literal["inter_domain", "mixed_history"] = "mixed_history"  # histories early stopping reads
+    selection_protocol: Literal["sampled999", "full"] = "sampled999"  # candidates early stopping ranks
 
 
 class ReferenceRow(_Section):
     """A published row shown beside ours (e.g. the paper's Table 1): values keyed 'A:HR@10'."""
 
-    label: str
-    split: str = "test"
-    setting: Literal["inter_domain", "mixed_history"] = "inter_domain"
-    values: dict[str, float]
+    label: str  # the row's name in the report, e.g. "paper: LGCD"
+    split: str = "test"  # the split the values were measured on
+    setting: Literal["inter_domain", "mixed_history"] = "inter_domain"  # the histories they were measured with
+    values: dict[str, float]  # metric -> value, keyed '<domain>:<metric>@<k>'
 
 
 class EvaluationConfig(_Section):
-    n_negatives: int = Field(default=999, ge=1)
-    candidate_seed: int = 2026
-    ks: list[int] = [1, 5, 10]
-    seeds: list[int] = Field(default=[0], min_length=1)
-    baselines: list[str] = list(BASELINES)
-    variants: list[str] = []
-    lgcd_reads_target_history: bool = False
-    batch_size: int = Field(default=512, ge=1)
-    sasrec: BaselineSASRecConfig = BaselineSASRecConfig()
-    paper_rows: list[ReferenceRow] = []
+    """Candidates, metrics, seeds and the models the `evaluation` stage scores."""
+
+    n_negatives: int = Field(default=999, ge=1)  # sampled negatives ranked with each target (the paper: 999)
+    candidate_seed: int = 2026  # seeds the negatives, drawn once per split
+    ks: list[int] = [1, 5, 10]  # cut-offs of HR@k and NDCG@k
+    seeds: list[int] = Field(default=[0], min_length=1)  # every trained model is trained once per seed
+    baselines: list[str] = list(BASELINES)  # the baselines trained and scored (BASELINES)
+    variants: list[str] = []  # the Table 3 LGCD variants trained and scored (VARIANT_SWITCHES)
+    lgcd_reads_target_history: bool = False  # mixed_history: LGCD warm-starts from the target-domain items (ours)
+    batch_size: int = Field(default=512, ge=1)  # cases scored per batch
+    sasrec: BaselineSASRecConfig = BaselineSASRecConfig()  # the SASRec baselines
+    paper_rows: list[ReferenceRow] = []  # published rows shown beside ours in report.md
 
     @model_validator(mode="after")
     def _names(self) -> EvaluationConfig:
@@ -381,20 +451,20 @@ class EvaluationConfig(_Section):
 class DatasetConfig(_Section):
     """The whole YAML of one dataset."""
 
-    name: str = Field(pattern=rf"^{NAME_PATTERN.pattern}$")
-    description: str = ""
-    device: str = "auto"
-    source: SourceConfig
-    domains: DomainNames
-    filter: FilterConfig = FilterConfig()
-    split: SplitConfig = SplitConfig()
-    text_encoder: TextEncoderConfig = TextEncoderConfig()
-    llm: LLMConfig = LLMConfig()
-    grounding: GroundingConfig = GroundingConfig()
-    pseudo_overlap: PseudoOverlapConfig = PseudoOverlapConfig()
-    pretrain: PretrainConfig = PretrainConfig()
-    lgcd: LGCDConfig = LGCDConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
+    name: str = Field(pattern=rf"^{NAME_PATTERN.pattern}$")  # the YAML's file stem
+    description: str = ""  # free text for the reader of the YAML
+    device: str = "auto"  # torch device of every stage that runs a model: auto (CUDA when available), cpu, cuda, cuda:1
+    source: SourceConfig  # raw_interactions, raw_items
+    domains: DomainNames  # display names of A and B
+    filter: FilterConfig = FilterConfig()  # filtered_interactions
+    split: SplitConfig = SplitConfig()  # sequences
+    text_encoder: TextEncoderConfig = TextEncoderConfig()  # item_text_embeddings
+    llm: LLMConfig = LLMConfig()  # pseudo_texts
+    grounding: GroundingConfig = GroundingConfig()  # grounded_items
+    pseudo_overlap: PseudoOverlapConfig = PseudoOverlapConfig()  # pseudo_overlap_sequences
+    pretrain: PretrainConfig = PretrainConfig()  # pretrained_encoders
+    lgcd: LGCDConfig = LGCDConfig()  # lgcd_model
+    evaluation: EvaluationConfig = EvaluationConfig()  # baselines, evaluation (and lgcd_model's seeds and variants)
 
     # ---- paths -----------------------------------------------------------------------------
 
@@ -428,24 +498,11 @@ def _dump(value: object) -> object:
 
 
 # Which parts of the YAML configure which stage: a section, or a dotted field of one (derived fields
-# included). A stage's version hashes only these, so editing one marks that stage (and, through data
+# included), declared with the stage in `lgcd_core.stages` (`Stage.config_keys`; rename a field there
+# too). A stage's version hashes only these, so editing one marks that stage (and, through data
 # versions, its downstream) stale and nothing upstream: a λ edits `lgcd` only, so it re-runs
 # `lgcd_model` and `evaluation`, never `baselines`.
-STAGE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
-    "raw_interactions": ("source", "domains"),
-    "raw_items": ("source", "domains"),
-    "filtered_interactions": ("filter",),
-    "sequences": ("split",),
-    "item_text_embeddings": ("text_encoder",),
-    "pseudo_texts": ("llm",),
-    "grounded_items": ("grounding",),
-    "pseudo_overlap_sequences": ("pseudo_overlap",),
-    "pretrained_encoders": ("pretrain",),
-    "lgcd_model": ("lgcd", "evaluation.seeds", "evaluation.lgcd_variants"),
-    "baselines": ("evaluation.seeds", "evaluation.sasrec_baselines", "evaluation.sasrec", "evaluation.n_negatives",
-                  "evaluation.candidate_seed"),
-    "evaluation": ("evaluation",),
-}
+STAGE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {stage.name: stage.config_keys for stage in STAGES}
 
 
 def output_root() -> Path:

@@ -95,11 +95,12 @@ def summary(dataset: str) -> int:
     """The report's preamble and its primary table (first split, sampled negatives, inter_domain)."""
     from lgcd_core.config import dataset_path, load_dataset_config
     from lgcd_core.io import recover
+    from lgcd_core.stages import EVALUATION
 
     cfg = load_dataset_config(dataset_path(dataset))
-    evaluation = cfg.stage_dir("evaluation")
+    evaluation = EVALUATION.path(cfg)
     recover(evaluation.parent)  # a run killed while swapping the folder leaves the previous one aside
-    report = evaluation / "report.md"
+    report = evaluation / EVALUATION.report
     if not report.exists():
         print(f"(no results yet: {report} is missing; materialize {cfg.name}/evaluation)")
         return 1

@@ -7,7 +7,7 @@ a stage's code or its YAML section makes that stage stale, and the new data vers
 re-materialized makes its downstream stale in turn. Nothing upstream is touched.
 
 Which modules a stage runs is computed, never listed by hand: the stage's entry is its asset function
-(the function decorated with ``stage_asset(cfg, "<stage>", ...)`` under ``lgcd_pipeline/assets/``); the
+(the function decorated with ``stage_asset(cfg, stages.<STAGE>, ...)`` under ``lgcd_pipeline/assets/``); the
 `lgcd_core` modules imported there, or by its asset module at top level, are the roots, and the
 static import graph of `lgcd_core` (imports inside functions included, as are the packages'
 ``__init__`` files that importing a module runs) closes them transitively.
@@ -22,11 +22,12 @@ import hashlib
 from functools import cache
 from pathlib import Path
 
-from lgcd_core.config import STAGE_CONFIG_KEYS, DatasetConfig
+from lgcd_core import stages
+from lgcd_core.config import DatasetConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "lgcd_core"
-STAGES: tuple[str, ...] = tuple(STAGE_CONFIG_KEYS)
+STAGES: tuple[str, ...] = stages.NAMES
 
 
 def module_files(root: Path = REPO_ROOT) -> dict[str, Path]:
@@ -77,11 +78,20 @@ def import_graph(root: Path = REPO_ROOT) -> dict[str, frozenset[str]]:
 
 
 def _stage_of(decorator: ast.expr) -> str | None:
-    """``"raw_items"`` for ``@stage_asset(cfg, "raw_items", ...)``; None for any other decorator."""
-    if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == "stage_asset":
-        if len(decorator.args) >= 2 and isinstance(decorator.args[1], ast.Constant):
-            return str(decorator.args[1].value)
-    return None
+    """``"raw_items"`` for ``@stage_asset(cfg, stages.RAW_ITEMS, ...)``; None for any other decorator.
+
+    The stage is a registry constant of :mod:`lgcd_core.stages` (``stages.RAW_ITEMS`` or an imported
+    ``RAW_ITEMS``); anything else as the second argument is a ValueError, not a stage silently missed.
+    """
+    if not (isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == "stage_asset"):
+        return None
+    arg = decorator.args[1] if len(decorator.args) >= 2 else None
+    constant = arg.attr if isinstance(arg, ast.Attribute) else arg.id if isinstance(arg, ast.Name) else None
+    entry = getattr(stages, constant, None) if constant else None
+    if not isinstance(entry, stages.Stage):
+        raise ValueError(f"line {decorator.lineno}: stage_asset's second argument must be a stage of lgcd_core.stages "
+                         f"(stages.<STAGE>), not {ast.unparse(arg) if arg else 'nothing'!r}")
+    return entry.name
 
 
 @cache
@@ -95,7 +105,11 @@ def stage_roots(root: Path = REPO_ROOT) -> dict[str, frozenset[str]]:
                                          type_ignores=[]), "", False, known)
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef):
-                for stage in filter(None, map(_stage_of, node.decorator_list)):
+                try:
+                    found = [s for s in map(_stage_of, node.decorator_list) if s]
+                except ValueError as error:
+                    raise ValueError(f"{path}: {error}") from None
+                for stage in found:
                     if stage in roots:
                         raise ValueError(f"{path}:{node.lineno}: stage {stage!r} is defined twice")
                     roots[stage] = frozenset(top_level | _imported(node, "", False, known))
@@ -128,7 +142,7 @@ def source_hash(stage: str, root: Path = REPO_ROOT) -> str:
 
 def _referenced_files_hash(cfg: DatasetConfig, stage: str) -> str:
     """Content of files the YAML points at (prompt templates): editing one is a config change."""
-    if stage != "pseudo_texts":
+    if stage != stages.PSEUDO_TEXTS.name:
         return ""
     from lgcd_core.language.prompts import template_path
 

@@ -30,7 +30,7 @@ TINY_YAML = {
     "llm": {"max_users": 4, "batch_size": 4, "generation": {"max_new_tokens": 16}},
     "grounding": {"n_k": 3},
     "pretrain": {"d": 16, "epochs": 2, "patience": 2, "batch_size": 32},
-    "lgcd": {"epochs": 2, "patience": 2, "T": 10, "overlap_per_batch": 4, "batch_size": 16},
+    "lgcd": {"diffusion": {"T": 10}, "training": {"epochs": 2, "patience": 2, "overlap_per_batch": 4, "batch_size": 16}},
     "evaluation": {"n_negatives": 20},
 }
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
 import dagster as dg
 
+from lgcd_core import stages
 from lgcd_core.config import discover_datasets
 from lgcd_pipeline.definitions import build_definitions
 
-DATA_STAGES = ("raw_interactions", "raw_items", "filtered_interactions", "sequences")
-LANGUAGE_STAGES = ("item_text_embeddings", "pseudo_texts", "grounded_items", "pseudo_overlap_sequences")
-MODEL_STAGES = ("pretrained_encoders", "lgcd_model", "baselines")
+DATA_STAGES = tuple(s.name for s in stages.in_group("data"))
+LANGUAGE_STAGES = tuple(s.name for s in stages.in_group("language"))
+MODEL_STAGES = tuple(s.name for s in stages.in_group("model"))
 
 
 def tiny_defs() -> dg.Definitions:
@@ -30,3 +34,13 @@ def materialized_keys(instance: dg.DagsterInstance, run_id: str) -> set[str]:
     """Asset keys materialized by one run, read from the instance's event log."""
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
     return {r.event_log_entry.dagster_event.asset_key.to_user_string() for r in records}
+
+
+def missing_outputs(dataset_dir: Path, names: Iterable[str]) -> list[str]:
+    """The files the registry declares for stages ``names`` that a run left nowhere in their folders.
+
+    A pattern (``candidates_{split}.parquet``) needs one match; a file of a model trained per seed or
+    variant may sit in a ``<model>_seed<k>/`` folder of the stage.
+    """
+    return [f"{output.stage}/{output}" for name in names for output in stages.stage(name).files.values()
+            if not any((dataset_dir / output.stage).rglob(output.glob()))]

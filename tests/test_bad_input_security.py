@@ -253,13 +253,14 @@ def test_planted_checkpoints_are_live_exploits(plant, tmp_path):
     assert marker.exists()
 
 
-LGCD = dict(T=5, epochs=2, patience=5, batch_size=32, overlap_per_batch=8, n_experts=2, lr=3e-3)
+LGCD = {"diffusion": {"T": 5}, "architecture": {"n_experts": 2},
+        "training": {"epochs": 2, "patience": 5, "batch_size": 32, "overlap_per_batch": 8, "lr": 3e-3}}
 
 
 def _cfg() -> DatasetConfig:
     return DatasetConfig(name="toy", source={"format": "synthetic", "path": "x"}, domains={"A": "a", "B": "b"},
                          pretrain=PretrainConfig(d=8, n_layers=1, epochs=1, batch_size=64),
-                         lgcd=LGCDConfig(**LGCD))
+                         lgcd=LGCDConfig.model_validate(LGCD))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from lgcd_core.model.batches import Inputs
 from lgcd_core.model.sasrec_baseline import load_sasrec_scorer
 from lgcd_core.model.scoring import popularity_scorer
 from lgcd_core.model.train_sasrec import train_sasrec
+from lgcd_core.stages import BASELINES
 
 N_A, N_B = 12, 15
 ITEMS = pa.table({"item_idx": pa.array(range(1, N_A + N_B + 1), pa.int32()), "domain": ["A"] * N_A + ["B"] * N_B})
@@ -45,7 +46,8 @@ def _metrics(out, mode: str, cfg: BaselineSASRecConfig = TINY) -> pa.Table:
 def test_same_seed_gives_the_same_stored_model_and_metrics_twice(tmp_path, mode):
     assert _metrics(tmp_path / "a", mode).equals(_metrics(tmp_path / "b", mode))
     for name in ["A", "B"] if mode == "single" else ["mixed"]:
-        assert (tmp_path / "a" / f"{name}.safetensors").read_bytes() == (tmp_path / "b" / f"{name}.safetensors").read_bytes()
+        weights = BASELINES.weights.format(group=name)
+        assert (tmp_path / "a" / weights).read_bytes() == (tmp_path / "b" / weights).read_bytes()
 
 
 def test_training_order_changes_nothing(tmp_path):
@@ -69,7 +71,7 @@ def test_single_domain_model_scores_an_empty_history_by_item_bias(tmp_path):
     assert torch.isinf(scores[:, 1:N_A + 1]).all()
     assert torch.equal(scores[0], scores[1])
     assert torch.allclose(scores[0, N_A + 1:], scorer.models["B"].item_bias[N_A + 1:])
-    meta = json.loads((tmp_path / "sasrec.json").read_text())
+    meta = json.loads((tmp_path / BASELINES.meta).read_text())
     assert meta["mode"] == "single" and meta["seed"] == 0 and set(meta["history"]) == {"A", "B"}
     assert {"epoch", "loss", "valid"} <= set(meta["history"]["A"]["epochs"][0])
 

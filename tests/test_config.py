@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_YAML, write_dataset_yaml
+from pydantic import ValidationError
 
-from lgcd_core.config import ConfigError, DatasetConfig, discover_datasets, load_dataset_config
+from lgcd_core.config import VARIANT_SWITCHES, ConfigError, DatasetConfig, LGCDConfig, discover_datasets, load_dataset_config
 
 REPO_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
 
@@ -27,6 +28,25 @@ def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
 def test_wrong_type_names_field(tmp_path: Path) -> None:
     path = write_dataset_yaml(tmp_path, "bad", {**TINY_YAML, "grounding": {"n_k": "ten"}})
     with pytest.raises(ConfigError, match=r"grounding\.n_k"):
+        load_dataset_config(path)
+
+
+def test_lgcd_with_updates_changes_dotted_fields_and_validates() -> None:
+    lc = LGCDConfig()
+    changed = lc.with_updates({"ablations.guesser": False, "training.seed": 3})
+    assert (changed.ablations.guesser, changed.training.seed, lc.ablations.guesser) == (False, 3, True)
+    assert changed.with_updates({"ablations.guesser": True, "training.seed": 0}) == lc
+    with pytest.raises(KeyError, match="ablations.nope"):
+        lc.with_updates({"ablations.nope": False})
+    with pytest.raises(ValidationError):
+        lc.with_updates({"diffusion.lambda_A": 2.0})
+    for switch in VARIANT_SWITCHES.values():  # every Table 3 variant turns off an existing switch
+        assert lc.with_updates({switch: False}) != lc
+
+
+def test_flat_lgcd_field_says_where_it_moved(tmp_path: Path) -> None:
+    path = write_dataset_yaml(tmp_path, "old", {**TINY_YAML, "lgcd": {"lambda_B": 0.7, "diff_weight": 0.0}})
+    with pytest.raises(ConfigError, match=r"'lambda_B' is now 'diffusion\.lambda_B', 'diff_weight' is now 'loss_weights\.diff'"):
         load_dataset_config(path)
 
 
@@ -62,7 +82,7 @@ def test_model_stages_hash_exactly_the_fields_they_depend_on() -> None:
                                                section: {**TINY_YAML.get(section, {}), **values}})
         return {s for s in ("lgcd_model", "baselines", "evaluation") if edited.stage_hash(s) != base.stage_hash(s)}
 
-    assert changed("lgcd", lambda_B=0.7) == {"lgcd_model"}
+    assert changed("lgcd", diffusion={**TINY_YAML["lgcd"]["diffusion"], "lambda_B": 0.7}) == {"lgcd_model"}
     assert changed("evaluation", sasrec={"lr": 0.01}) == {"baselines", "evaluation"}
     assert changed("evaluation", seeds=[0, 1]) == {"lgcd_model", "baselines", "evaluation"}
     assert changed("evaluation", variants=["wo_moe"]) == {"lgcd_model", "evaluation"}

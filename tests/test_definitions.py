@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import dagster as dg
 from conftest import TINY_YAML
 
+from lgcd_core import stages
 from lgcd_core.config import DatasetConfig
 from lgcd_pipeline.definitions import build_definitions, defs
-from lgcd_pipeline.versions import STAGES
+
+STAGES = stages.NAMES
 
 
 def test_importing_definitions_does_not_import_heavy_libraries() -> None:
@@ -33,7 +36,7 @@ def test_every_asset_has_description_group_kinds_and_code_version() -> None:
         node = graph.get(key)
         assert node.description, key
         dataset, _, kind = node.group_name.partition("/")  # nested groups: one box per dataset in the UI
-        assert dataset == key.path[0] and kind in {"data", "language", "model", "evaluation"}, key
+        assert dataset == key.path[0] and kind in stages.GROUPS, key
         assert node.kinds, key
         assert node.code_version, key
 
@@ -45,3 +48,15 @@ def test_dependencies_stay_within_a_dataset() -> None:
         assert all(parent.path[0] == "tiny" for parent in graph.get(key).parent_keys)
     evaluation = graph.get(next(k for k in graph.get_all_asset_keys() if k.path[1] == "evaluation"))
     assert len(graph.get_ancestor_asset_keys(evaluation.key)) == len(STAGES) - 1
+
+
+def test_the_graph_is_the_registry() -> None:
+    """Every stage of `lgcd_core.stages` is one asset per dataset with exactly the registry's deps and group."""
+    cfg = DatasetConfig.model_validate({"name": "tiny", **TINY_YAML})
+    graph = build_definitions([cfg]).resolve_asset_graph()
+    assert {key.path[1] for key in graph.get_all_asset_keys()} == set(STAGES)
+    for stage in stages.STAGES:
+        node = graph.get(dg.AssetKey(["tiny", stage.name]))
+        assert {parent.path[1] for parent in node.parent_keys} == {d.name for d in stage.deps}, stage
+        assert node.group_name == f"tiny/{stage.group}", stage
+        assert node.metadata["stage"] == stage.name

@@ -87,7 +87,7 @@ def test_every_case_needs_candidates():
 
 
 CFG = {"name": "toy", "source": {"format": "synthetic", "path": "x"}, "domains": {"A": "Food", "B": "Kitchen"},
-       "lgcd": {"seed": 0},
+       "lgcd": {"training": {"seed": 0}},
        "evaluation": {"n_negatives": 5, "seeds": [0, 1], "variants": ["wo_guesser"],
                       "baselines": ["sasrec_mixed", "popularity", "pretrained_encoder", "lgcd_wo_diffusion"]}}
 
@@ -129,7 +129,7 @@ def test_run_evaluation_scores_every_stored_model_and_trains_nothing(tmp_path, m
     assert set(metrics.column("model").to_pylist()) == {
         "lgcd", "lgcd_wo_guesser", "lgcd_wo_diffusion", "sasrec_mixed", "pretrained_encoder", "popularity"}
     assert set(metrics.column("seed").to_pylist()) == {0, 1}
-    # the default model (seed lgcd.seed = 0) is the stage folder itself; every other run has its own folder
+    # the default model (seed lgcd.training.seed = 0) is the stage folder itself; every other run has its own folder
     assert sorted(str(p.relative_to(tmp_path)) for p in loaded) == sorted([
         "model", "model/lgcd_wo_guesser_seed0", "model/lgcd_wo_diffusion_seed0",
         "model/lgcd_seed1", "model/lgcd_wo_guesser_seed1", "model/lgcd_wo_diffusion_seed1",

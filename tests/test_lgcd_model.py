@@ -4,7 +4,7 @@ import torch
 from toy_data import synthetic_inputs
 
 from lgcd_core.config import LGCDConfig
-from lgcd_core.model.batches import NEVER, ItemIndex, build_direction
+from lgcd_core.model.batches import NEVER, OVERLAP, PSEUDO, ItemIndex, build_direction
 from lgcd_core.model.encoders import DomainEncoder, EncoderSpec
 from lgcd_core.model.lgcd import Denoiser, LGCDModel, MoEFusion
 
@@ -16,12 +16,31 @@ def toy():
     return data, index
 
 
-def _model(index, data, **kw):
+SMALL = LGCDConfig.model_validate({"diffusion": {"T": 10}, "architecture": {"n_heads": 4, "n_experts": 3, "max_len": 20,
+                                                                           "dropout": 0.0}})
+
+
+def _model(index, data, updates: dict | None = None):
+    """A small LGCD model on fresh toy encoders, the same weights for every ``updates`` (dotted config fields)."""
     torch.manual_seed(0)
     encs = {d: DomainEncoder(EncoderSpec(d, index.n_domain(d), data["embeddings"].shape[1], d=16, n_layers=1,
                                          max_len=20, dropout=0.0), index.text_rows(data["embeddings"], d))
             for d in "AB"}
-    return LGCDModel(LGCDConfig(T=10, n_heads=4, n_experts=3, max_len=20, dropout=0.0, **kw), encs)
+    return LGCDModel(SMALL.with_updates(updates or {}), encs)
+
+
+def _batch(data, index, targets: str = "all"):
+    dd = build_direction(index, "A", data["sequences"], data["pseudo_overlap"], 20, targets)
+    return dd.batch(np.arange(len(dd)))
+
+
+def _losses(data, index, updates: dict | None = None, backward: bool = False):
+    """Losses of one A->B batch of every training row, with a fixed generator."""
+    model = _model(index, data, updates).train()
+    out = model("AB", _batch(data, index), torch.Generator().manual_seed(0))
+    if backward:
+        out["total"].backward()
+    return out, model
 
 
 def test_denoiser_depends_on_condition_and_respects_mask():
@@ -81,10 +100,10 @@ def test_condition_ignores_later_source_items(toy):
     model = _model(index, data).eval()
     batch = {"src": torch.tensor([[1, 2, 3]]), "src_pos": torch.tensor([[0, 2, 4]]),
              "tgt_pos": torch.tensor([[1, 3, NEVER]]), "label": torch.tensor([[True, True, False]])}
-    _, bi, qi, h_cond, *_ = model._select("AB", batch["src"], batch["src_pos"], batch["tgt_pos"], batch["label"],
-                                          torch.tensor([False]))
+    sel = model._select("AB", batch["src"], batch["src_pos"], batch["tgt_pos"], batch["label"], torch.tensor([False]))
     z = model.condition_tokens("A", batch["src"], torch.tensor([False]))
-    assert torch.allclose(h_cond[0], z[0, 0]) and torch.allclose(h_cond[1], z[0, 1])
+    assert sel.query.tolist() == [0, 1]
+    assert torch.allclose(sel.h_cond[0], z[0, 0]) and torch.allclose(sel.h_cond[1], z[0, 1])
 
 
 SWITCHES = ["use_diffusion", "overlap_diffusion", "pseudo_diffusion", "alignment_loss", "guesser", "moe"]
@@ -93,11 +112,7 @@ SWITCHES = ["use_diffusion", "overlap_diffusion", "pseudo_diffusion", "alignment
 @pytest.mark.parametrize("off", [None] + SWITCHES)
 def test_losses_finite_for_every_ablation(toy, off):
     data, index = toy
-    kw = {off: False} if off else {}
-    model = _model(index, data, **kw).train()
-    dd = build_direction(index, "A", data["sequences"], data["pseudo_overlap"], 20)
-    batch = dd.batch(np.arange(len(dd)))
-    out = model("AB", batch, torch.Generator().manual_seed(0))
+    out, model = _losses(data, index, {f"ablations.{off}": False} if off else {})
     assert all(torch.isfinite(v) for v in out.values())
     if off == "use_diffusion":
         assert out["diff"] == 0 and out["align"] == 0 and out["guess"] == 0
@@ -118,3 +133,112 @@ def test_scores_do_not_depend_on_batch_size(toy):
         rows = torch.cat([model.scores("AB", src[i:i + 1]) for i in range(4)])
     assert torch.allclose(full, rows, atol=1e-5)
     assert torch.isfinite(full[:, 1:]).all() and full.shape == (4, index.n_domain("B") + 1)
+
+
+# ---- interpretation switches and loss weights: what each one changes ----------------------------
+
+
+def test_pseudo_condition_full_reads_text_like_real_rows(toy):
+    data, index = toy
+    model = _model(index, data, {"interpretation.pseudo_condition": "full"}).eval()
+    src = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]])
+    z = model.condition_tokens("A", src, torch.tensor([False, True]))
+    assert torch.equal(z[0], z[1])  # the pseudo row is conditioned exactly like the real one
+    model.enc["A"].text_vectors[1:4] += 1.0
+    assert not torch.allclose(model.condition_tokens("A", src, torch.tensor([False, True]))[1], z[1])
+
+
+def test_condition_tokens_last_attends_to_h_cond_alone(toy):
+    data, index = toy
+    batch = _batch(data, index)
+    args = ("AB", batch["src"], batch["src_pos"], batch["tgt_pos"], batch["label"], batch["kind"] == PSEUDO)
+    sequence = _model(index, data)._select(*args)
+    last_model = _model(index, data, {"interpretation.condition_tokens": "last"})
+    last = last_model._select(*args)
+    assert torch.equal(last.h_cond, sequence.h_cond) and torch.equal(last.row, sequence.row)
+    assert sequence.k.shape[2] == batch["src"].shape[1] and last.k.shape[2] == 1 and last.allowed.all()
+    k, v = last_model.heads["AB"].denoiser.attn.kv(last.h_cond[:, None, :])
+    assert torch.equal(last.k, k) and torch.equal(last.v, v)
+    out_seq, _ = _losses(data, index)
+    out_last, _ = _losses(data, index, {"interpretation.condition_tokens": "last"})
+    assert out_last["diff"] != out_seq["diff"] and out_last["rec"] != out_seq["rec"]
+
+
+def test_align_on_chooses_the_rows_of_l_align(toy):
+    data, index = toy
+    batch = _batch(data, index)
+    pseudo_rows = batch["kind"] == PSEUDO
+    sel = _model(index, data)._select("AB", batch["src"], batch["src_pos"], batch["tgt_pos"], batch["label"], pseudo_rows)
+    n_pseudo = int(pseudo_rows[sel.row].sum())
+    n_overlap = len(sel.row) - n_pseudo
+    assert n_pseudo > 0 and n_overlap > 0
+    align = {on: _losses(data, index, {"interpretation.align_on": on})[0]["align"].detach().item()
+             for on in ("pseudo", "overlap", "both")}
+    assert align["pseudo"] != pytest.approx(align["overlap"])
+    # the same h_rev and h_cond in every run: 'both' is the row-weighted mean of the two others
+    both = (n_pseudo * align["pseudo"] + n_overlap * align["overlap"]) / (n_pseudo + n_overlap)
+    assert align["both"] == pytest.approx(both, rel=1e-5)
+
+
+def test_reverse_noise_draws_the_warm_start_noise(toy):
+    data, index = toy
+    plain, _ = _losses(data, index)
+    noisy, _ = _losses(data, index, {"interpretation.reverse_noise": True})
+    # ε is drawn after L_diff's t and noise: L_diff is unchanged, the reverse chain (L_align, L_rec) is not
+    assert noisy["diff"] == plain["diff"] and noisy["guess"] == plain["guess"]
+    assert noisy["align"] != plain["align"] and noisy["rec"] != plain["rec"]
+    src = torch.tensor([[0, 0, 1, 2], [3, 4, 5, 6]])
+    with torch.no_grad():
+        for updates, same in (({}, True), ({"interpretation.reverse_noise": True}, False)):
+            model = _model(index, data, updates).eval()
+            assert torch.equal(model.scores("AB", src), model.scores("AB", src)) is same
+
+
+def test_loss_weights_scale_their_terms(toy):
+    data, index = toy
+    base, _ = _losses(data, index)
+    weights = {"loss_weights.diff": 0.0, "loss_weights.guess": 0.0, "loss_weights.align": 2.0}
+    out, model = _losses(data, index, weights, backward=True)
+    for term in ("rec", "diff", "guess", "align"):
+        assert out[term] == base[term]  # the terms themselves do not change, only their sum
+    assert torch.allclose(out["total"], out["rec"] + 2.0 * out["align"])
+    # the guesser is trained by L_guess alone (the reverse chain starts from the detached guess)
+    assert all(p.grad is None or not p.grad.any() for p in model.heads["AB"].guesser.parameters())
+    _, trained = _losses(data, index, backward=True)
+    assert any(p.grad is not None and p.grad.any() for p in trained.heads["AB"].guesser.parameters())
+    # pseudo_rec weighs the L_rec of pseudo rows: 0 leaves the real overlap rows alone
+    no_pseudo, _ = _losses(data, index, {"loss_weights.pseudo_rec": 0.0})
+    assert no_pseudo["rec"] != base["rec"] and no_pseudo["diff"] == base["diff"]
+
+
+def test_unfrozen_encoders_train_with_their_own_learning_rate(toy):
+    data, index = toy
+    out, model = _losses(data, index, {"training.freeze_encoders": False, "training.encoder_lr": 5e-5}, backward=True)
+    assert any(p.grad is not None and p.grad.any() for p in model.enc.parameters())
+    groups = model.trainable_parameters()
+    assert [g["lr"] for g in groups] == [SMALL.training.lr, 5e-5]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.enc.parameters()}
+    assert model.train().enc.training  # dropout on, unlike frozen encoders
+    frozen = _model(index, data).train()
+    assert len(frozen.trainable_parameters()) == 1 and not frozen.enc.training
+
+
+def test_targets_choose_the_l_rec_targets(toy):
+    data, index = toy
+    rows = {t: build_direction(index, "A", data["sequences"], data["pseudo_overlap"], 20, t)
+            for t in ("all", "last_per_domain", "last")}
+    real = {t: d.label[d.kind == OVERLAP] for t, d in rows.items()}
+    assert (real["last_per_domain"].sum(1) == 1).all() and (real["last"].sum(1) == 1).all()
+    assert real["all"].sum() > real["last_per_domain"].sum() > real["last"].sum() > 0
+    # 'last' (paper-literal): only sequences that end in the target domain, with that item as the target
+    overlap = [s for s, u in zip(data["sequences"].column("items").to_pylist(),
+                                 data["sequences"].column("user_type").to_pylist()) if u == "overlap"]
+    ends_in_b = sum(index.domain_code[s[-1]] == 1 and any(index.domain_code[i] == 0 for i in s) for s in overlap)
+    assert len(real["last"]) == ends_in_b
+    assert real["last"][:, -1].all()  # the last target-domain slot
+
+
+def test_schedule_reaches_the_model(toy):
+    data, index = toy
+    model = _model(index, data, {"diffusion.schedule": "linear", "diffusion.beta_max": 0.05})
+    assert torch.allclose(model.schedule.betas[1:], torch.linspace(1e-4, 0.05, 10, dtype=torch.float64))

@@ -14,8 +14,10 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 import yaml
-from pipeline_helpers import materialize, materialized_keys
+from conftest import TINY_YAML
+from pipeline_helpers import materialize, materialized_keys, missing_outputs
 
+from lgcd_core import stages
 from lgcd_pipeline.cli import sync
 
 LANGUAGE_AND_DOWN = {"pseudo_texts", "grounded_items", "pseudo_overlap_sequences", "lgcd_model", "evaluation"}
@@ -51,6 +53,18 @@ def _metadata(instance: dg.DagsterInstance, stage: str) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
+def _assert_paired_comparisons(evaluation: Path) -> None:
+    """comparisons.parquet: LGCD against every other scored model, with an interval around each difference."""
+    table = pq.read_table(evaluation / "comparisons.parquet")
+    assert table.column_names == ["model", "baseline", "split", "setting", "protocol", "target_domain", "metric", "k",
+                                  "diff", "ci_low", "ci_high", "n_cases", "seeds"]
+    rows = table.to_pylist()
+    scored = set(pq.read_table(evaluation / "metrics.parquet").column("model").to_pylist())
+    assert {r["baseline"] for r in rows} == scored - {"lgcd"} and {r["model"] for r in rows} == {"lgcd"}
+    assert all(r["ci_low"] <= r["diff"] <= r["ci_high"] for r in rows)
+    assert "Paired differences, LGCD minus each model" in (evaluation / "report.md").read_text()
+
+
 def test_sync_reruns_exactly_what_each_edit_invalidates(tiny_env: Path, tmp_path: Path) -> None:
     instance = dg.DagsterInstance.get()
     first = _sync_and_read_run(instance)
@@ -58,6 +72,8 @@ def test_sync_reruns_exactly_what_each_edit_invalidates(tiny_env: Path, tmp_path
     evaluation = _metadata(instance, "evaluation")
     assert "lgcd" in evaluation["results"] and "sasrec_mixed" in evaluation["results"]
     assert evaluation["dagster/row_count"] > 0 and "chart" in evaluation
+    assert missing_outputs(tiny_env / "data" / "tiny", stages.NAMES) == []  # every file the registry declares
+    _assert_paired_comparisons(tiny_env / "data" / "tiny" / "evaluation")
     # SASRec selection and the evaluation read the same valid negatives, each stage drawing its own
     data = tiny_env / "data" / "tiny"
     assert pq.read_table(data / "baselines" / "candidates_valid.parquet").equals(
@@ -75,7 +91,7 @@ def test_sync_reruns_exactly_what_each_edit_invalidates(tiny_env: Path, tmp_path
     assert _dry_run() == []
 
     # the diffusion λ: only the model and its evaluation, never the SASRec baselines
-    _edit(tiny_env, "lgcd", {"lambda_B": 0.7})
+    _edit(tiny_env, "lgcd", {"diffusion": {**TINY_YAML["lgcd"]["diffusion"], "lambda_B": 0.7}})
     assert _dry_run() == ["tiny/lgcd_model", "tiny/evaluation"]
     assert _sync_and_read_run(instance) == {"lgcd_model", "evaluation"}
 

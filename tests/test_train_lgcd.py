@@ -15,13 +15,16 @@ from lgcd_core.model.runs import all_lgcd_runs
 from lgcd_core.model.scoring import load_encoder_scorer, load_lgcd_model, load_lgcd_scorer
 from lgcd_core.model.train_lgcd import evaluate_inter_domain, inter_domain_cases, train_lgcd, train_lgcd_runs
 
-LGCD = dict(T=10, epochs=3, patience=10, batch_size=32, overlap_per_batch=8, n_experts=4, lr=3e-3)
+LGCD = LGCDConfig.model_validate({
+    "diffusion": {"T": 10}, "architecture": {"n_experts": 4},
+    "training": {"epochs": 3, "patience": 10, "batch_size": 32, "overlap_per_batch": 8, "lr": 3e-3}})
 
 
-def _cfg(**lgcd):
+def _cfg(lgcd: dict | None = None):
+    """The toy dataset; ``lgcd``: dotted LGCD fields changed from LGCD."""
     return DatasetConfig(name="toy", source={"format": "synthetic", "path": "x"}, domains={"A": "a", "B": "b"},
                          pretrain=PretrainConfig(d=16, n_layers=1, epochs=6, batch_size=32, lr=3e-3),
-                         lgcd=LGCDConfig(**{**LGCD, **lgcd}))
+                         lgcd=LGCD.with_updates(lgcd or {}))
 
 
 @pytest.fixture(scope="module")
@@ -116,19 +119,19 @@ def test_nan_loss_names_term_and_epoch(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(LGCDModel, "losses", broken)
     with pytest.raises(FloatingPointError, match=r"L_align .* epoch 1"):
-        _train(setup, tmp_path / "nan", lgcd_cfg=LGCDConfig(**{**LGCD, "epochs": 1}))
+        _train(setup, tmp_path / "nan", lgcd_cfg=LGCD.with_updates({"training.epochs": 1}))
 
 
 def test_ablation_variant_trains_via_lgcd_cfg(setup, tmp_path):
-    stats = _train(setup, tmp_path / "wo", lgcd_cfg=LGCDConfig(**{**LGCD, "epochs": 1, "cyclic_batches": False,
-                                                                     "moe": False}))
+    stats = _train(setup, tmp_path / "wo", lgcd_cfg=LGCD.with_updates({"training.epochs": 1, "ablations.cyclic_batches": False,
+                                                                      "ablations.moe": False}))
     meta = json.loads((tmp_path / "wo" / "lgcd.json").read_text())
-    assert meta["lgcd"]["moe"] is False and stats["epochs"] == 1
+    assert meta["lgcd"]["ablations"]["moe"] is False and stats["epochs"] == 1
 
 
 def test_every_seed_and_variant_is_trained_into_its_folder(setup, tmp_path):
     data, enc_dir, _ = setup
-    cfg = _cfg(epochs=1, seed=1).model_copy(update={"evaluation": _cfg().evaluation.model_copy(
+    cfg = _cfg({"training.epochs": 1, "training.seed": 1}).model_copy(update={"evaluation": _cfg().evaluation.model_copy(
         update={"seeds": [0, 1], "variants": ["wo_moe"], "baselines": ["popularity"]})})
     runs = [(name, seed) for name, seed, _ in all_lgcd_runs(cfg)]
     assert runs == [("lgcd", 1), ("lgcd", 0), ("lgcd_wo_moe", 0), ("lgcd_wo_moe", 1)]
@@ -137,4 +140,4 @@ def test_every_seed_and_variant_is_trained_into_its_folder(setup, tmp_path):
     for folder, seed, moe in ((tmp_path, 1, True), (tmp_path / "lgcd_seed0", 0, True),
                               (tmp_path / "lgcd_wo_moe_seed0", 0, False), (tmp_path / "lgcd_wo_moe_seed1", 1, False)):
         meta = json.loads((folder / "lgcd.json").read_text())["lgcd"]
-        assert (meta["seed"], meta["moe"]) == (seed, moe), folder
+        assert (meta["training"]["seed"], meta["ablations"]["moe"]) == (seed, moe), folder

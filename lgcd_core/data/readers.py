@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from lgcd_core.config import DatasetConfig, SyntheticSpec
 from lgcd_core.data import amazon, llmcdsr, synthetic
 from lgcd_core.io import DataError
+from lgcd_core.stages import RAW_INTERACTIONS, RAW_ITEMS
 
 INTERACTIONS_SCHEMA = pa.schema(
     [
@@ -95,9 +96,9 @@ def read_interactions(cfg: DatasetConfig) -> pa.Table:
         table, stats = amazon.read_interactions(
             source_folder(cfg), source.amazon_version, source.files, source.missing_metadata
         )
-    table = conform(table, INTERACTIONS_SCHEMA, "raw_interactions")
+    table = conform(table, INTERACTIONS_SCHEMA, RAW_INTERACTIONS.name)
     training = pc.or_kleene(pc.is_null(table["split_hint"]), pc.equal(table["split_hint"], "train"))
-    _require_domains(table.filter(training), "raw_interactions", "training interactions", cfg)
+    _require_domains(table.filter(training), RAW_INTERACTIONS.name, "training interactions", cfg)
     return with_stats(table, stats)
 
 
@@ -111,8 +112,8 @@ def read_items(cfg: DatasetConfig, interactions: pa.Table) -> pa.Table:
         table, stats = amazon.read_items(_synthetic_folder(cfg), 2018, synthetic.FILES, interactions, names)
     else:
         table, stats = amazon.read_items(source_folder(cfg), source.amazon_version, source.files, interactions, names)
-    table = conform(table, ITEMS_SCHEMA, "raw_items")
-    _require_domains(table, "raw_items", "items", cfg)
+    table = conform(table, ITEMS_SCHEMA, RAW_ITEMS.name)
+    _require_domains(table, RAW_ITEMS.name, "items", cfg)
     return with_stats(table, stats)
 
 

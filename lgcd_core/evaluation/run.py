@@ -26,6 +26,7 @@ from lgcd_core.evaluation.settings import item_domains
 from lgcd_core.io import DataError, atomic_path, write_parquet
 from lgcd_core.model.batches import Inputs
 from lgcd_core.model.runs import lgcd_run_dir, lgcd_runs, run_dir
+from lgcd_core.stages import BASELINES, EVALUATION, LGCD_MODEL, PRETRAINED_ENCODERS
 
 Log = Callable[[str], None]
 
@@ -48,7 +49,7 @@ def draw_all_candidates(cfg: DatasetConfig, eval_cases: pa.Table, items: pa.Tabl
         if split in present:
             candidates[split] = draw_candidates(eval_cases, items, split, cfg.evaluation.n_negatives,
                                                 cfg.evaluation.candidate_seed)
-            write_parquet(candidates[split], out_dir / f"candidates_{split}.parquet")
+            write_parquet(candidates[split], out_dir / EVALUATION.candidates.format(split=split))
     return candidates
 
 
@@ -58,11 +59,11 @@ def needed_files(cfg: DatasetConfig, encoders_dir: Path, model_dir: Path, baseli
 
     ev = cfg.evaluation
     lgcd = [lgcd_run_dir(cfg, model_dir, name, seed) / f for seed in ev.seeds for name in lgcd_runs(cfg, seed)
-            for f in ("lgcd.json", "lgcd.safetensors")]
+            for f in (LGCD_MODEL.meta, LGCD_MODEL.weights)]
     sasrec = [path for seed in ev.seeds for name in ev.sasrec_baselines
               for path in sasrec_files(run_dir(baselines_dir, name, seed), name.removeprefix("sasrec_"))]
-    encoders = [encoders_dir / f"encoder_{d}.{ext}" for d in "AB" for ext in ("json", "safetensors")]
-    return {"pretrained_encoders": encoders, "lgcd_model": lgcd, "baselines": sasrec}
+    encoders = [encoders_dir / f.format(domain=d) for d in "AB" for f in (PRETRAINED_ENCODERS.meta, PRETRAINED_ENCODERS.weights)]
+    return {PRETRAINED_ENCODERS.name: encoders, LGCD_MODEL.name: lgcd, BASELINES.name: sasrec}
 
 
 def check_trained(cfg: DatasetConfig, needed: dict[str, list[Path]]) -> None:
@@ -106,7 +107,7 @@ def run_evaluation(cfg: DatasetConfig, inputs: Inputs, encoders_dir: Path, model
         scored.append(score_all(scorers, inputs.eval_cases, candidates, items, ks=ev.ks, seed=seed,
                                 batch_size=ev.batch_size))
     ranks = pa.concat_tables([s.ranks for s in scored])
-    write_parquet(ranks, out_dir / "ranks.parquet")
+    write_parquet(ranks, out_dir / EVALUATION.ranks)
     log(f"paired bootstrap comparisons of lgcd against {len(set(ranks.column('model').to_pylist())) - 1} models")
     comparisons = paired_comparisons(ranks, "lgcd", ks=ev.ks, seed=ev.candidate_seed)
     return write_outputs(cfg, items, pa.concat_tables([s.metrics for s in scored]), comparisons, candidates, out_dir)
@@ -136,13 +137,13 @@ def write_outputs(cfg: DatasetConfig, items: pa.Table, metrics: pa.Table, compar
     """metrics.parquet, comparisons.parquet, report.md, metrics.png; returns the stats for metadata."""
     summary = cfg_summary(cfg, items)
     paper = {r.label: r.model_dump(exclude={"label"}) for r in cfg.evaluation.paper_rows}
-    write_parquet(metrics, out_dir / "metrics.parquet")
-    write_parquet(comparisons, out_dir / "comparisons.parquet")
-    report_path = out_dir / "report.md"
+    write_parquet(metrics, out_dir / EVALUATION.metrics)
+    write_parquet(comparisons, out_dir / EVALUATION.comparisons)
+    report_path = out_dir / EVALUATION.report
     with atomic_path(report_path) as tmp:
         tmp.write_text(render_report(metrics, summary, paper, comparisons))
     split = "test" if "test" in candidates else "valid"
-    png = plot_metrics(metrics, out_dir / "metrics.png", split, summary["domains"])
+    png = plot_metrics(metrics, out_dir / EVALUATION.chart, split, summary["domains"])
     return {
         "n_cases": {s: t.num_rows for s, t in candidates.items()},
         "models": sorted(set(metrics.column("model").to_pylist())),
@@ -151,5 +152,5 @@ def write_outputs(cfg: DatasetConfig, items: pa.Table, metrics: pa.Table, compar
         + "\n\n" + comparisons_markdown(comparisons, split, "inter_domain", "sampled999", "NDCG", 10, summary["domains"]),
         "png": str(png),
         "report": str(report_path),
-        "metrics": str(out_dir / "metrics.parquet"),
+        "metrics": str(out_dir / EVALUATION.metrics),
     }

@@ -11,6 +11,7 @@ item), :func:`pad_right` left-aligns them (right padding; the SASRec baselines, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -176,8 +177,18 @@ class DirectionData:
         return {k: v.to(device) for k, v in out.items()}
 
 
+class _Row(NamedTuple):
+    """One sequence's training row of a direction, before padding (the last max_len items of each domain)."""
+
+    src: np.ndarray  # source-domain local ids
+    src_pos: np.ndarray  # their positions in the mixed sequence
+    tgt: np.ndarray  # target-domain local ids
+    tgt_pos: np.ndarray  # their positions in the mixed sequence
+    label: np.ndarray  # bool per target slot: an L_rec target
+
+
 def _row(index: ItemIndex, seq: list[int], source: str, target: str, max_len: int,
-         targets: str, pseudo_mask: list[bool] | None) -> tuple | None:
+         targets: str, pseudo_mask: list[bool] | None) -> _Row | None:
     a = np.asarray(seq, dtype=np.int64)
     if len(a) == 0:
         return None
@@ -200,7 +211,7 @@ def _row(index: ItemIndex, seq: list[int], source: str, target: str, max_len: in
         label = label & (np.arange(len(tgt)) == len(tgt) - 1)
     if not label.any():
         return None
-    return src, src_pos, tgt, tgt_pos, label
+    return _Row(src, src_pos, tgt, tgt_pos, label)
 
 
 def build_direction(index: ItemIndex, source: str, sequences: pa.Table, pseudo_overlap: pa.Table | None,
@@ -234,12 +245,12 @@ def build_direction(index: ItemIndex, source: str, sequences: pa.Table, pseudo_o
             if r is not None:
                 rows.append(r)
                 kinds.append(PSEUDO)
-    ls = max([len(r[0]) for r in rows], default=1)
-    lt = max([len(r[2]) for r in rows], default=1)
+    ls = max([len(r.src) for r in rows], default=1)
+    lt = max([len(r.tgt) for r in rows], default=1)
     return DirectionData(
         source=source, target=target,
-        src=pad_left([r[0] for r in rows], ls), src_pos=pad_left([r[1] for r in rows], ls, fill=NEVER),
-        tgt=pad_left([r[2] for r in rows], lt), tgt_pos=pad_left([r[3] for r in rows], lt, fill=NEVER),
-        label=pad_left([r[4].astype(np.int64) for r in rows], lt).bool(),
+        src=pad_left([r.src for r in rows], ls), src_pos=pad_left([r.src_pos for r in rows], ls, fill=NEVER),
+        tgt=pad_left([r.tgt for r in rows], lt), tgt_pos=pad_left([r.tgt_pos for r in rows], lt, fill=NEVER),
+        label=pad_left([r.label.astype(np.int64) for r in rows], lt).bool(),
         kind=torch.as_tensor(kinds, dtype=torch.long),
     )

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lgcd_core.model.sasrec import SequenceTransformer, last_real
+from lgcd_core.stages import PRETRAINED_ENCODERS
 
 
 @dataclass(frozen=True)
@@ -120,16 +121,16 @@ def save_encoder(encoder: DomainEncoder, directory: Path, extra: dict | None = N
 
     dom = encoder.spec.domain
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    with atomic_path(directory / f"encoder_{dom}.safetensors") as tmp:
+    with atomic_path(directory / PRETRAINED_ENCODERS.weights.format(domain=dom)) as tmp:
         save_file(state, str(tmp))
-    write_json({"spec": encoder.spec.to_json(), **(extra or {})}, directory / f"encoder_{dom}.json")
+    write_json({"spec": encoder.spec.to_json(), **(extra or {})}, directory / PRETRAINED_ENCODERS.meta.format(domain=dom))
 
 
 def load_encoder(directory: Path, domain: str, text_vectors: np.ndarray, device: str = "cpu") -> DomainEncoder:
     """Rebuild a pretrained encoder; ``text_vectors`` are that domain's local rows (row 0 zeros)."""
     from safetensors.torch import load_file
 
-    meta = json.loads((directory / f"encoder_{domain}.json").read_text())
+    meta = json.loads((directory / PRETRAINED_ENCODERS.meta.format(domain=domain)).read_text())
     encoder = DomainEncoder(EncoderSpec(**meta["spec"]), text_vectors)
-    encoder.load_state_dict(load_file(str(directory / f"encoder_{domain}.safetensors")))
+    encoder.load_state_dict(load_file(str(directory / PRETRAINED_ENCODERS.weights.format(domain=domain))))
     return encoder.to(device).eval()

@@ -5,7 +5,7 @@ One :class:`LGCDModel` holds the two pretrained :class:`DomainEncoder` s and one
 slots, Lt target slots, N selected (row, target slot) pairs, d hidden size, h heads.
 
 Training rows carry several L_rec targets (every target-domain item with a source item before it,
-see ``LGCDConfig.targets``); the condition of a target uses only the source items before it and x0
+see ``LGCDConfig.interpretation.targets``); the condition of a target uses only the source items before it and x0
 only the target-domain items before it, so one pass of the (causal) encoders serves all targets of a
 row. Inference is the same path with one query after the whole source history.
 """
@@ -13,6 +13,7 @@ row. Inference is the same path with one query after the whole source history.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -150,9 +151,30 @@ class DirectionHead(nn.Module):
 
     def __init__(self, cfg: LGCDConfig, d: int) -> None:
         super().__init__()
-        self.denoiser = Denoiser(d, cfg.n_heads, cfg.dropout)
+        arch = cfg.architecture
+        self.denoiser = Denoiser(d, arch.n_heads, arch.dropout)
         self.guesser = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))  # eq. 18
-        self.fusion = MoEFusion(d, cfg.n_experts) if cfg.moe else LinearFusion(d)
+        self.fusion = MoEFusion(d, arch.n_experts) if cfg.ablations.moe else LinearFusion(d)
+
+
+class Selection(NamedTuple):
+    """The (row, query) pairs :meth:`LGCDModel._select` keeps, flattened to N, with their condition."""
+
+    head: DirectionHead  # the direction's denoiser, guesser and fusion
+    row: torch.Tensor  # (N,) batch row of each pair
+    query: torch.Tensor  # (N,) query slot of each pair (a target slot in training, 0 at inference)
+    h_cond: torch.Tensor  # (N, d) condition read at the last source item before the query (eq. 8)
+    k: torch.Tensor  # (N, h, L, dh) keys of the condition tokens the denoiser attends to (eq. 13)
+    v: torch.Tensor  # (N, h, L, dh) their values
+    allowed: torch.Tensor  # (N, L) bool: the tokens each query may attend to
+
+
+class WarmStart(NamedTuple):
+    """Where the reverse process starts (eq. 18-19)."""
+
+    x_start: torch.Tensor  # (N, d) x_{t_start}
+    t_start: int  # round(λT) with the guesser, T without
+    guess: torch.Tensor | None  # (N, d) g(h^cond) with gradients, None without the guesser
 
 
 class LGCDModel(nn.Module):
@@ -165,32 +187,34 @@ class LGCDModel(nn.Module):
         self.d = d
         self.enc = nn.ModuleDict(encoders)
         self.heads = nn.ModuleDict({"AB": DirectionHead(cfg, d), "BA": DirectionHead(cfg, d)})
-        self.schedule = DiffusionSchedule(cfg.T, cfg.beta_min, cfg.beta_max, cfg.schedule)
+        diff = cfg.diffusion
+        self.schedule = DiffusionSchedule(diff.T, diff.beta_min, diff.beta_max, diff.schedule)
         self._item_cache: dict[str, torch.Tensor] = {}
-        if cfg.freeze_encoders:
+        if cfg.training.freeze_encoders:
             self.enc.requires_grad_(False)
 
     # ---- bookkeeping -------------------------------------------------------------------------
 
     def train(self, mode: bool = True) -> LGCDModel:
         super().train(mode)
-        if self.cfg.freeze_encoders:
+        if self.cfg.training.freeze_encoders:
             self.enc.eval()  # frozen encoders: no dropout either
         self._item_cache.clear()
         return self
 
     def trainable_parameters(self) -> list[dict]:
-        groups = [{"params": list(self.heads.parameters()), "lr": self.cfg.lr}]
-        if not self.cfg.freeze_encoders:
-            groups.append({"params": list(self.enc.parameters()), "lr": self.cfg.encoder_lr})
+        tc = self.cfg.training
+        groups = [{"params": list(self.heads.parameters()), "lr": tc.lr}]
+        if not tc.freeze_encoders:
+            groups.append({"params": list(self.enc.parameters()), "lr": tc.encoder_lr})
         return groups
 
     def lam(self, target: str) -> float:
-        return self.cfg.lambda_A if target == "A" else self.cfg.lambda_B
+        return self.cfg.diffusion.lambda_A if target == "A" else self.cfg.diffusion.lambda_B
 
     def target_items(self, target: str) -> torch.Tensor:
         """E_fusion of the target domain (eq. 25), cached while it cannot change."""
-        if self.cfg.freeze_encoders or not torch.is_grad_enabled():
+        if self.cfg.training.freeze_encoders or not torch.is_grad_enabled():
             if target not in self._item_cache:
                 with torch.no_grad():
                     self._item_cache[target] = self.enc[target].item_fusion()
@@ -202,18 +226,17 @@ class LGCDModel(nn.Module):
     def condition_tokens(self, source: str, src: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
         """Per-position condition Z of the source sequence: (B, Ls) -> (B, Ls, d).
 
-        Real overlap rows: f_fusion(h^ID ⊕ h^text) (eq. 8). Pseudo rows (``pseudo_condition``):
-        'id_fused' = the same fusion with the text half zeroed, 'id_raw' = h^ID itself,
+        Real overlap rows: f_fusion(h^ID ⊕ h^text) (eq. 8). Pseudo rows
+        (``interpretation.pseudo_condition``): 'id_fused' = the same fusion with the text half zeroed,
         'full' = same as real rows.
         """
         enc = self.enc[source]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_encoders):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.training.freeze_encoders):
             h_id = enc.encode_id(src)
             h_text = enc.encode_text(src)
             z = enc.fuse(h_id, h_text)
-            if self.cfg.pseudo_condition != "full" and bool(pseudo.any()):
-                z_id = enc.fuse_id_only(h_id) if self.cfg.pseudo_condition == "id_fused" else h_id
-                z = torch.where(pseudo[:, None, None], z_id, z)
+            if self.cfg.interpretation.pseudo_condition == "id_fused" and bool(pseudo.any()):
+                z = torch.where(pseudo[:, None, None], enc.fuse_id_only(h_id), z)
         return z
 
     def target_features(self, target: str, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,7 +245,7 @@ class LGCDModel(nn.Module):
         (B, Lt) -> x0 (B, Lt, d), has_x0 (B, Lt): slot k reads the text encoder at slot k-1 (the
         causal encoder has seen only target-domain items before slot k, never the target itself).
         """
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_encoders):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.training.freeze_encoders):
             h = self.enc[target].encode_text(tgt)
         x0 = F.pad(h[:, :-1], (0, 0, 1, 0))
         has = F.pad(tgt[:, :-1] != 0, (1, 0), value=False)
@@ -251,10 +274,11 @@ class LGCDModel(nn.Module):
 
     def _start(self, head: DirectionHead, h_cond: torch.Tensor, target: str, train: bool,
                generator: torch.Generator | None, x0_known: torch.Tensor | None = None,
-               has_known: torch.Tensor | None = None) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+               has_known: torch.Tensor | None = None) -> WarmStart:
         """Warm start: guess g(h_cond) (eq. 18) noised to t_start = λT; without guesser x_T."""
-        guess = head.guesser(h_cond) if self.cfg.guesser else None
-        if self.cfg.guesser:
+        guesser = self.cfg.ablations.guesser
+        guess = head.guesser(h_cond) if guesser else None
+        if guesser:
             t_start = self.schedule.start_step(self.lam(target))
             base = guess.detach() if train else guess
             if x0_known is not None:
@@ -262,16 +286,16 @@ class LGCDModel(nn.Module):
         else:
             t_start = self.schedule.T
             base = torch.zeros_like(h_cond)
-        if self.cfg.reverse_noise:
+        if self.cfg.interpretation.reverse_noise:
             noise = torch.randn(base.shape, generator=generator, device=base.device, dtype=base.dtype)
         else:
             noise = torch.zeros_like(base)
-        return self.schedule.add_noise(base, noise, t_start), t_start, guess
+        return WarmStart(self.schedule.add_noise(base, noise, t_start), t_start, guess)
 
     # ---- shared path -------------------------------------------------------------------------
 
     def _select(self, direction: str, src: torch.Tensor, src_pos: torch.Tensor, query_pos: torch.Tensor,
-                query_ok: torch.Tensor, pseudo: torch.Tensor):
+                query_ok: torch.Tensor, pseudo: torch.Tensor) -> Selection:
         """Condition of every (row, query) pair that is used: flattens to N queries."""
         source = direction[0]
         head = self.heads[direction]
@@ -282,18 +306,18 @@ class LGCDModel(nn.Module):
         al = allowed[bi, qi]  # (N, Ls)
         last = torch.where(al, torch.arange(al.shape[1], device=al.device), -1).max(-1).values
         h_cond = z[bi, last]  # (N, d): condition read at the last source item before the query
-        if self.cfg.condition_tokens == "sequence":
+        if self.cfg.interpretation.condition_tokens == "sequence":
             k, v = head.denoiser.attn.kv(z)
             k, v = k[bi], v[bi]
         else:
             k, v = head.denoiser.attn.kv(h_cond[:, None, :])
             al = torch.ones(al.shape[0], 1, dtype=torch.bool, device=al.device)
-        return head, bi, qi, h_cond, k, v, al
+        return Selection(head, bi, qi, h_cond, k, v, al)
 
     # ---- training (eq. 17, 21, 22, 25, 26, 27) -----------------------------------------------
 
     def losses(self, direction: str, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
+        ablations, weights = self.cfg.ablations, self.cfg.loss_weights
         target = direction[1]
         pseudo_rows = batch["kind"] == PSEUDO
         head, bi, qi, h_cond, k, v, al = self._select(direction, batch["src"], batch["src_pos"], batch["tgt_pos"],
@@ -303,28 +327,24 @@ class LGCDModel(nn.Module):
         overlap = ~pseudo
         zero = h_cond.new_zeros(())
         out = {"diff": zero, "guess": zero, "align": zero}
-        if cfg.use_diffusion:
+        if ablations.use_diffusion:
             x0_all, has_all = self.target_features(target, batch["tgt"])
-            x0, has_x0 = x0_all[bi, qi], has_all[bi, qi]
-            if cfg.x0_when_empty == "zero":
-                has_x0 = torch.ones_like(has_x0)
+            x0, has_x0 = x0_all[bi, qi], has_all[bi, qi]  # no target-domain item before it: no x0, no L_diff/L_guess
             # L_diff (eq. 17): x0-prediction at a uniformly drawn t
-            diff_rows = has_x0 & ((overlap & cfg.overlap_diffusion) | (pseudo & cfg.pseudo_diffusion))
+            diff_rows = has_x0 & ((overlap & ablations.overlap_diffusion) | (pseudo & ablations.pseudo_diffusion))
             t = torch.randint(1, self.schedule.T + 1, (len(bi),), generator=generator).to(h_cond.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
             x0_hat = head.denoiser(self.schedule.add_noise(x0, noise, t), t, k, v, al)
             out["diff"] = _mse(x0_hat, x0, diff_rows)
-            # reverse process from the guess (eq. 18-20), for L_align and L_rec
+            # reverse process from the guess (eq. 18-20), for L_align and L_rec: the inference chain,
+            # with gradients through its last step only
             x_start, t_start, guess = self._start(head, h_cond, target, True, generator)
-            if cfg.train_reverse == "full":
-                h_rev = self.reverse(head, x_start, t_start, k, v, al, grad_steps=cfg.reverse_grad_steps)
-            else:
-                h_rev = head.denoiser(x_start, t_start, k, v, al)
-            if cfg.guesser:  # L_guess (eq. 22)
-                guess_rows = has_x0 & (overlap | (cfg.guess_on == "both"))
-                out["guess"] = _mse(guess, x0, guess_rows)
-            if cfg.alignment_loss:  # L_align (eq. 21)
-                align_rows = {"pseudo": pseudo, "overlap": overlap, "both": torch.ones_like(pseudo)}[cfg.align_on]
+            h_rev = self.reverse(head, x_start, t_start, k, v, al, grad_steps=1)
+            if ablations.guesser:  # L_guess (eq. 22), on overlap rows (eq. 26)
+                out["guess"] = _mse(guess, x0, has_x0 & overlap)
+            if ablations.alignment_loss:  # L_align (eq. 21)
+                align_on = self.cfg.interpretation.align_on
+                align_rows = {"pseudo": pseudo, "overlap": overlap, "both": torch.ones_like(pseudo)}[align_on]
                 out["align"] = _mse(h_rev, h_cond, align_rows)
         else:
             h_rev = torch.zeros_like(h_cond)  # 'w/o diffusion': the fusion reads the condition only
@@ -333,10 +353,10 @@ class LGCDModel(nn.Module):
         logits = logits.float()
         logits[:, 0] = float("-inf")
         ce = F.cross_entropy(logits, labels, reduction="none")
-        w = torch.where(pseudo, torch.full_like(ce, cfg.pseudo_rec_weight), torch.ones_like(ce))
+        w = torch.where(pseudo, torch.full_like(ce, weights.pseudo_rec), torch.ones_like(ce))
         out["rec"] = (ce * w).sum() / w.sum().clamp(min=1e-8)
-        out["total"] = (out["rec"] + cfg.diff_weight * out["diff"] + cfg.guess_weight * out["guess"]
-                        + cfg.align_weight * out["align"])  # eq. 26 (overlap) + eq. 27 (pseudo)
+        out["total"] = (out["rec"] + weights.diff * out["diff"] + weights.guess * out["guess"]
+                        + weights.align * out["align"])  # eq. 26 (overlap) + eq. 27 (pseudo)
         out["n_targets"] = torch.tensor(float(len(bi)))
         return out
 
@@ -357,9 +377,9 @@ class LGCDModel(nn.Module):
         query_pos = torch.full((b, 1), NEVER + 1, dtype=torch.long, device=src.device)
         ok = torch.ones(b, 1, dtype=torch.bool, device=src.device)
         pseudo = torch.zeros(b, dtype=torch.bool, device=src.device)
-        head, bi, qi, h_cond, k, v, al = self._select(direction, src, src_pos, query_pos, ok, pseudo)
+        head, bi, _, h_cond, k, v, al = self._select(direction, src, src_pos, query_pos, ok, pseudo)
         target = direction[1]
-        if self.cfg.use_diffusion:
+        if self.cfg.ablations.use_diffusion:
             x0_known = has_known = None
             if tgt_history is not None:
                 h = self.enc[target].encode_text(tgt_history)

@@ -29,6 +29,7 @@ from lgcd_core.io import atomic_path, write_json
 from lgcd_core.model.batches import DOMAINS, Inputs, ItemIndex, pad_left, pretrain_rows, trim_left
 from lgcd_core.model.encoders import DomainEncoder, EncoderSpec, save_encoder
 from lgcd_core.model.training import Budget, GeneratorState, Log, fingerprint_of, finite, fit, full_ranking
+from lgcd_core.stages import PRETRAINED_ENCODERS
 
 
 def domain_valid_cases(index: ItemIndex, eval_cases: pa.Table, domain: str, split: str = "valid") -> tuple[list[np.ndarray], np.ndarray]:
@@ -137,8 +138,8 @@ def pretrain_encoders(cfg: DatasetConfig, inputs: Inputs, out_dir: Path, device:
                                                      out_dir / f"checkpoint_{dom}.pt", log)
         save_encoder(encoder, out_dir, {"best_epoch": records[dom]["best_epoch"], "best_valid": records[dom]["best_valid"],
                                         "pretrain": cfg.pretrain.model_dump(mode="json")})
-    write_json(records, out_dir / "history.json")
-    _plot(records, out_dir / "loss_curve.png")
+    write_json(records, out_dir / PRETRAINED_ENCODERS.history)
+    _plot(records, out_dir / PRETRAINED_ENCODERS.loss_curve)
     return {dom: {"epochs": len(r["epochs"]), "best_epoch": r["best_epoch"], "best_valid": r["best_valid"],
                   "loss_curve": [e["loss"] for e in r["epochs"]],
                   "valid_ndcg10": [e["valid"]["NDCG@10"] for e in r["epochs"]],

@@ -30,6 +30,7 @@ from lgcd_core.config import BaselineSASRecConfig
 from lgcd_core.io import DataError
 from lgcd_core.model.batches import pad_right
 from lgcd_core.model.sasrec import SequenceTransformer, last_real
+from lgcd_core.stages import BASELINES
 
 Mode = Literal["single", "mixed"]
 GROUPS: dict[Mode, dict[str, tuple[str, ...]]] = {"single": {"A": ("A",), "B": ("B",)}, "mixed": {"mixed": ("A", "B")}}
@@ -92,27 +93,28 @@ def save_sasrec(models: dict[str, SASRec], meta: dict, out_dir: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for group, model in models.items():
-        with atomic_path(out_dir / f"{group}.safetensors") as tmp:
+        with atomic_path(out_dir / BASELINES.weights.format(group=group)) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    write_json(meta, out_dir / "sasrec.json")
+    write_json(meta, out_dir / BASELINES.meta)
 
 
 def sasrec_files(run_dir: Path, mode: Mode) -> list[Path]:
     """The files a trained baseline of ``mode`` consists of."""
-    return [run_dir / "sasrec.json", *(run_dir / f"{group}.safetensors" for group in GROUPS[mode])]
+    return [run_dir / BASELINES.meta, *(run_dir / BASELINES.weights.format(group=group) for group in GROUPS[mode])]
 
 
 def load_sasrec_scorer(run_dir: Path, domains: np.ndarray, device: str) -> SASRecScorer:
     """The trained baseline stored in ``run_dir``, rebuilt from its own config."""
     from safetensors.torch import load_file
 
-    meta = json.loads((run_dir / "sasrec.json").read_text())
+    meta = json.loads((run_dir / BASELINES.meta).read_text())
     cfg, mode = BaselineSASRecConfig.model_validate(meta["sasrec"]), meta["mode"]
     models = {}
     for group in GROUPS[mode]:
-        state = load_file(str(run_dir / f"{group}.safetensors"))
+        weights = run_dir / BASELINES.weights.format(group=group)
+        state = load_file(str(weights))
         if state["item_bias"].shape[0] != len(domains):
-            raise DataError(f"{run_dir / group}.safetensors: trained for {state['item_bias'].shape[0] - 1} items, "
+            raise DataError(f"{weights}: trained for {state['item_bias'].shape[0] - 1} items, "
                             f"the item index has {len(domains) - 1}; re-materialize the baselines stage")
         models[group] = SASRec(torch.zeros(len(domains)), state["vocab"], cfg)
         models[group].load_state_dict(state)

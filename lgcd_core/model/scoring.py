@@ -19,6 +19,7 @@ from lgcd_core.device import resolve_device
 from lgcd_core.evaluation.evaluate import Scorer
 from lgcd_core.model.batches import DOMAINS, ItemIndex, item_counts, pad_left, trim_left
 from lgcd_core.model.encoders import DomainEncoder, load_encoder
+from lgcd_core.stages import LGCD_MODEL
 
 
 def _to_global(local_scores: torch.Tensor, index: ItemIndex, domain: str) -> torch.Tensor:
@@ -71,11 +72,11 @@ def load_lgcd_model(model_dir: Path, encoders_dir: Path, embeddings: np.ndarray,
 
     device = resolve_device(device)
     index = ItemIndex.from_table(items)
-    meta = json.loads((Path(model_dir) / "lgcd.json").read_text())
+    meta = json.loads((Path(model_dir) / LGCD_MODEL.meta).read_text())
     cfg = LGCDConfig.model_validate(meta["lgcd"])
     encoders = {d: load_encoder(Path(encoders_dir), d, index.text_rows(embeddings, d), "cpu") for d in DOMAINS}
     model = LGCDModel(cfg, encoders)
-    model.load_state_dict(load_file(str(Path(model_dir) / "lgcd.safetensors")))
+    model.load_state_dict(load_file(str(Path(model_dir) / LGCD_MODEL.weights)))
     return model.to(device).eval(), index
 
 
@@ -89,8 +90,8 @@ def load_lgcd_scorer(model_dir: Path, encoders_dir: Path, embeddings: np.ndarray
     """
     model, index = load_lgcd_model(model_dir, encoders_dir, embeddings, items, device)
     device = resolve_device(device)
-    batch_size = batch_size or model.cfg.eval_batch_size
-    max_len = model.cfg.max_len
+    batch_size = batch_size or model.cfg.training.eval_batch_size
+    max_len = model.cfg.architecture.max_len
 
     @torch.no_grad()
     def score(histories: list[list[int]], target_domain: str) -> torch.Tensor:

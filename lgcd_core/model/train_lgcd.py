@@ -32,6 +32,7 @@ from lgcd_core.model.lgcd import LGCDModel
 from lgcd_core.model.runs import all_lgcd_runs, lgcd_run_dir
 from lgcd_core.model.sampler import CyclicBatchSampler
 from lgcd_core.model.training import Budget, GeneratorState, Log, fingerprint_of, finite, fit, full_ranking
+from lgcd_core.stages import LGCD_MODEL
 
 DIRECTIONS = ("AB", "BA")
 LOSS_TERMS = ("rec", "diff", "guess", "align")
@@ -67,7 +68,7 @@ def _scored(model: LGCDModel, target: str, hist: list[np.ndarray], tgt: np.ndarr
             batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(scores over the target domain, targets) of the cases, a batch at a time."""
     for lo in range(0, len(tgt), batch_size):
-        (src,) = trim_left(pad_left(hist[lo:lo + batch_size], model.cfg.max_len))
+        (src,) = trim_left(pad_left(hist[lo:lo + batch_size], model.cfg.architecture.max_len))
         yield model.scores(other(target) + target, src.to(device)), torch.as_tensor(tgt[lo:lo + batch_size])
 
 
@@ -88,17 +89,19 @@ def train_lgcd(lc: LGCDConfig, inputs: Inputs, encoders_dir: Path, out_dir: Path
 
     device = resolve_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
+    tc = lc.training
     accelerator = Accelerator(cpu=not device.startswith("cuda"),
-                              mixed_precision="bf16" if lc.bf16 and device.startswith("cuda") else "no")
-    torch.manual_seed(lc.seed)
-    gen = torch.Generator().manual_seed(lc.seed)
+                              mixed_precision="bf16" if tc.bf16 and device.startswith("cuda") else "no")
+    torch.manual_seed(tc.seed)
+    gen = torch.Generator().manual_seed(tc.seed)
     index = ItemIndex.from_table(inputs.items)
     encoders = {d: load_encoder(encoders_dir, d, index.text_rows(inputs.embeddings, d), "cpu") for d in DOMAINS}
     model = LGCDModel(lc, encoders)
-    data = {dr: build_direction(index, dr[0], inputs.sequences, inputs.pseudo_overlap, lc.max_len, lc.targets)
+    data = {dr: build_direction(index, dr[0], inputs.sequences, inputs.pseudo_overlap, lc.architecture.max_len,
+                                lc.interpretation.targets)
             for dr in DIRECTIONS}
-    samplers = {dr: CyclicBatchSampler(data[dr].overlap_rows, data[dr].pseudo_rows, lc.batch_size,
-                                       lc.overlap_per_batch, lc.cyclic_batches, seed=lc.seed + 17 * i,
+    samplers = {dr: CyclicBatchSampler(data[dr].overlap_rows, data[dr].pseudo_rows, tc.batch_size,
+                                       tc.overlap_per_batch, lc.ablations.cyclic_batches, seed=tc.seed + 17 * i,
                                        rank=accelerator.process_index, world_size=accelerator.num_processes)
                 for i, dr in enumerate(DIRECTIONS)}
     cases = {t: inter_domain_cases(index, inputs.eval_cases, t) for t in DOMAINS}
@@ -106,13 +109,13 @@ def train_lgcd(lc: LGCDConfig, inputs: Inputs, encoders_dir: Path, out_dir: Path
         log(f"LGCD {dr}: {len(data[dr].overlap_rows)} overlap rows, {len(data[dr].pseudo_rows)} pseudo rows, "
             f"{int(data[dr].label.sum())} targets")
     run = _fingerprint(lc, data, model, cases)
-    opt = torch.optim.Adam(model.trainable_parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     model, opt = accelerator.prepare(model, opt)
     core: LGCDModel = accelerator.unwrap_model(model)
 
     def train_epoch(epoch: int) -> dict:
         plan = [(dr, rows) for dr in DIRECTIONS for rows in samplers[dr].epoch(epoch)]
-        order = np.random.default_rng([lc.seed, 2, epoch]).permutation(len(plan))
+        order = np.random.default_rng([tc.seed, 2, epoch]).permutation(len(plan))
         sums = {dr: dict.fromkeys((*LOSS_TERMS, "total"), 0.0) for dr in DIRECTIONS}
         steps = dict.fromkeys(DIRECTIONS, 0)
         for step, j in enumerate(order):
@@ -130,8 +133,8 @@ def train_lgcd(lc: LGCDConfig, inputs: Inputs, encoders_dir: Path, out_dir: Path
         return {"loss": float(np.mean([losses[dr]["total"] for dr in DIRECTIONS])), "losses": losses,
                 "sequences": sum(len(rows) for _, rows in plan)}
 
-    record = fit(core, train_epoch, lambda: evaluate_inter_domain(core, cases, accelerator.device, lc.eval_batch_size),
-                 Budget(lc.epochs, lc.patience), out_dir / "checkpoint.pt", run,
+    record = fit(core, train_epoch, lambda: evaluate_inter_domain(core, cases, accelerator.device, tc.eval_batch_size),
+                 Budget(tc.epochs, tc.patience), out_dir / "checkpoint.pt", run,
                  {"optimizer": opt, "generator": GeneratorState(gen), **{f"sampler_{dr}": s for dr, s in samplers.items()}},
                  "LGCD", log)
     return _save(core, lc, data, record, out_dir)
@@ -148,13 +151,13 @@ def _save(model: LGCDModel, lc: LGCDConfig, data: dict[str, DirectionData], reco
     """Write lgcd.safetensors, lgcd.json and history.json; returns the stats the stage reports."""
     from safetensors.torch import save_file
 
-    with atomic_path(out_dir / "lgcd.safetensors") as tmp:
+    with atomic_path(out_dir / LGCD_MODEL.weights) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     directions = {dr: {"rows": len(d), "overlap_rows": int(len(d.overlap_rows)), "pseudo_rows": int(len(d.pseudo_rows)),
                        "targets": int(d.label.sum())} for dr, d in data.items()}
     write_json({"lgcd": lc.model_dump(mode="json"), "best_epoch": record["best_epoch"], "best_valid": record["best_valid"],
-                "directions": directions}, out_dir / "lgcd.json")
-    write_json(record, out_dir / "history.json")
+                "directions": directions}, out_dir / LGCD_MODEL.meta)
+    write_json(record, out_dir / LGCD_MODEL.history)
     epochs = record["epochs"]
     return {"best_epoch": record["best_epoch"], "best_valid": record["best_valid"], "epochs": len(epochs),
             "valid_ndcg10": [e["valid"]["NDCG@10"] for e in epochs],

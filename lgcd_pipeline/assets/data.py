@@ -7,8 +7,9 @@ from pathlib import Path
 import dagster as dg
 
 from lgcd_core.config import DatasetConfig
+from lgcd_core.stages import FILTERED_INTERACTIONS, RAW_INTERACTIONS, RAW_ITEMS, SEQUENCES
 from lgcd_pipeline.metadata import stats_metadata, table_metadata
-from lgcd_pipeline.stage import stage_asset, stage_path
+from lgcd_pipeline.stage import stage_asset
 
 
 def _domain_summary(interactions) -> dict:
@@ -26,7 +27,7 @@ def _domain_summary(interactions) -> dict:
 
 def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
     @stage_asset(
-        cfg, "raw_interactions", deps=[], group="data", kinds={"python", "duckdb", "parquet"},
+        cfg, RAW_INTERACTIONS, kinds={"python", "duckdb", "parquet"},
         description=f"Interactions parsed from the `{cfg.source.format}` source into one canonical table "
         "(user_id, item_id, domain, timestamp, split_hint, origin).",
     )
@@ -37,34 +38,34 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         context.log.info(f"reading {cfg.source.format} data from {cfg.source_dir()}")
         table = read_interactions(cfg)
         with atomic_dir(out_dir) as tmp:
-            write_parquet(table, tmp / "interactions.parquet")
+            write_parquet(table, tmp / RAW_INTERACTIONS.table)
         return dg.MaterializeResult(
             metadata={
-                **table_metadata(table, out_dir / "interactions.parquet"),
+                **table_metadata(table, out_dir / RAW_INTERACTIONS.table),
                 **stats_metadata(_domain_summary(table)),
                 **stats_metadata(table_stats(table)),
             }
         )
 
     @stage_asset(
-        cfg, "raw_items", deps=["raw_interactions"], group="data", kinds={"python", "parquet"},
+        cfg, RAW_ITEMS, kinds={"python", "parquet"},
         description="Item metadata (title, brand, categories) and the text each item is encoded from.",
     )
     def raw_items(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
         from lgcd_core.data.readers import read_items, table_stats
         from lgcd_core.io import atomic_dir, read_parquet, write_parquet
 
-        interactions = read_parquet(stage_path(cfg, "raw_interactions", "interactions.parquet"))
+        interactions = read_parquet(RAW_INTERACTIONS.table.path(cfg))
         table = read_items(cfg, interactions)
         with atomic_dir(out_dir) as tmp:
-            write_parquet(table, tmp / "items.parquet")
+            write_parquet(table, tmp / RAW_ITEMS.table)
         per_domain = {f"items_{d}": int(sum(x == d for x in table["domain"].to_pylist())) for d in ("A", "B")}
         return dg.MaterializeResult(
-            metadata={**table_metadata(table, out_dir / "items.parquet"), **stats_metadata({**per_domain, **table_stats(table)})}
+            metadata={**table_metadata(table, out_dir / RAW_ITEMS.table), **stats_metadata({**per_domain, **table_stats(table)})}
         )
 
     @stage_asset(
-        cfg, "filtered_interactions", deps=["raw_interactions", "raw_items"], group="data", kinds={"python", "parquet"},
+        cfg, FILTERED_INTERACTIONS, kinds={"python", "parquet"},
         description="Time window, then iterative k-core per domain to a fixed point (paper: 10-core Movie-Book, "
         "5-core Food-Kitchen).",
         checks=[("k_core_holds", "Every remaining user and item has at least k interactions in its domain.")],
@@ -75,22 +76,22 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.data.sequences import check_kcore
         from lgcd_core.io import atomic_dir, read_parquet, write_parquet
 
-        interactions = read_parquet(stage_path(cfg, "raw_interactions", "interactions.parquet"))
-        items = read_parquet(stage_path(cfg, "raw_items", "items.parquet"))
+        interactions = read_parquet(RAW_INTERACTIONS.table.path(cfg))
+        items = read_parquet(RAW_ITEMS.table.path(cfg))
         table = apply_filters(interactions, items, cfg.filter)
         passed, detail = check_kcore(table, cfg.filter.k_core)
         with atomic_dir(out_dir) as tmp:
-            write_parquet(table, tmp / "interactions.parquet")
+            write_parquet(table, tmp / FILTERED_INTERACTIONS.table)
         summary = _domain_summary(table)
         summary["removed_interactions"] = int(interactions.num_rows - table.num_rows)
         summary.update(table_stats(table))
         return dg.MaterializeResult(
-            metadata={**table_metadata(table, out_dir / "interactions.parquet"), **stats_metadata(summary)},
+            metadata={**table_metadata(table, out_dir / FILTERED_INTERACTIONS.table), **stats_metadata(summary)},
             check_results=[dg.AssetCheckResult(check_name="k_core_holds", passed=passed, metadata=stats_metadata(detail))],
         )
 
     @stage_asset(
-        cfg, "sequences", deps=["filtered_interactions", "raw_items"], group="data", kinds={"python", "parquet"},
+        cfg, SEQUENCES, kinds={"python", "parquet"},
         description="Item index (0 = padding, A items first), time-ordered training sequences with user types "
         "(overlap / A-only / B-only) and held-out evaluation cases.",
         checks=[
@@ -103,8 +104,8 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.data import sequences as seq
         from lgcd_core.io import atomic_dir, read_parquet, write_parquet
 
-        interactions = read_parquet(stage_path(cfg, "filtered_interactions", "interactions.parquet"))
-        items = read_parquet(stage_path(cfg, "raw_items", "items.parquet"))
+        interactions = read_parquet(FILTERED_INTERACTIONS.table.path(cfg))
+        items = read_parquet(RAW_ITEMS.table.path(cfg))
         data = seq.build_sequences(interactions, items, cfg.split)
         seq.require_every_domain(data, interactions, cfg.split)
         checks = {
@@ -113,11 +114,12 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
             "targets_not_in_training": seq.check_targets_not_in_training(data),
         }
         with atomic_dir(out_dir) as tmp:
-            for name in ("items", "sequences", "eval_cases"):
-                write_parquet(getattr(data, name), tmp / f"{name}.parquet")
-        metadata = table_metadata(data.sequences, out_dir / "sequences.parquet")
-        metadata.update(table_metadata(data.items, out_dir / "items.parquet", prefix="items"))
-        metadata.update(table_metadata(data.eval_cases, out_dir / "eval_cases.parquet", prefix="eval_cases"))
+            for table, filename in ((data.items, SEQUENCES.items), (data.sequences, SEQUENCES.sequences),
+                                    (data.eval_cases, SEQUENCES.eval_cases)):
+                write_parquet(table, tmp / filename)
+        metadata = table_metadata(data.sequences, out_dir / SEQUENCES.sequences)
+        metadata.update(table_metadata(data.items, out_dir / SEQUENCES.items, prefix="items"))
+        metadata.update(table_metadata(data.eval_cases, out_dir / SEQUENCES.eval_cases, prefix="eval_cases"))
         metadata.update(stats_metadata(seq.sequence_stats(data)))
         return dg.MaterializeResult(
             metadata=metadata,

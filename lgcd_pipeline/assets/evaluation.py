@@ -7,14 +7,14 @@ from pathlib import Path
 import dagster as dg
 
 from lgcd_core.config import DatasetConfig
+from lgcd_core.stages import BASELINES, EVALUATION, LGCD_MODEL, PRETRAINED_ENCODERS
 from lgcd_pipeline.metadata import image_metadata, stats_metadata, table_metadata
 from lgcd_pipeline.stage import sequence_inputs, stage_asset
 
 
 def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
     @stage_asset(
-        cfg, "evaluation", deps=["lgcd_model", "baselines", "pretrained_encoders", "sequences", "item_text_embeddings"],
-        group="evaluation", kinds={"pytorch", "parquet"}, gpu=True,
+        cfg, EVALUATION, kinds={"pytorch", "parquet"}, gpu=True,
         description="HR and NDCG at 1, 5, 10 for LGCD and every baseline and variant on 999 stored negatives per "
         "case (ties against the model) and on full ranking, in the inter_domain and mixed_history settings. "
         "Scores the trained models of lgcd_model and baselines; trains nothing.",
@@ -26,14 +26,14 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.model.batches import Inputs
 
         with atomic_dir(out_dir) as tmp:
-            stats = run_evaluation(cfg, Inputs(*sequence_inputs(cfg)), cfg.stage_dir("pretrained_encoders"),
-                                   cfg.stage_dir("lgcd_model"), cfg.stage_dir("baselines"), tmp,
+            stats = run_evaluation(cfg, Inputs(*sequence_inputs(cfg)), PRETRAINED_ENCODERS.path(cfg),
+                                   LGCD_MODEL.path(cfg), BASELINES.path(cfg), tmp,
                                    resolve_device(cfg.device), log=context.log.info)
-        metrics = read_parquet(out_dir / "metrics.parquet")
-        metadata = table_metadata(metrics, out_dir / "metrics.parquet")
-        metadata["report"] = dg.MetadataValue.path(str(out_dir / "report.md"))
+        metrics = read_parquet(out_dir / EVALUATION.metrics)
+        metadata = table_metadata(metrics, out_dir / EVALUATION.metrics)
+        metadata["report"] = dg.MetadataValue.path(str(out_dir / EVALUATION.report))
         metadata["results"] = dg.MetadataValue.md(stats["markdown"])
-        metadata["chart"] = image_metadata(out_dir / "metrics.png", "metrics")
+        metadata["chart"] = image_metadata(out_dir / EVALUATION.chart, "metrics")
         # the stats' paths point into the temporary folder the stage wrote before publishing it
         metadata.update(stats_metadata({k: v for k, v in stats.items() if k not in {"markdown", "png", "report", "metrics"}}))
         return dg.MaterializeResult(metadata=metadata)

@@ -7,8 +7,9 @@ from pathlib import Path
 import dagster as dg
 
 from lgcd_core.config import DatasetConfig
+from lgcd_core.stages import GROUNDED_ITEMS, ITEM_TEXT_EMBEDDINGS, PSEUDO_OVERLAP_SEQUENCES, PSEUDO_TEXTS, SEQUENCES
 from lgcd_pipeline.metadata import stats_metadata, table_metadata
-from lgcd_pipeline.stage import cache_dir, stage_asset, stage_path
+from lgcd_pipeline.stage import cache_dir, stage_asset
 
 
 def _log(context):
@@ -17,7 +18,7 @@ def _log(context):
 
 def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
     @stage_asset(
-        cfg, "item_text_embeddings", deps=["sequences"], group="language", kinds={"pytorch", "numpy"}, gpu=True,
+        cfg, ITEM_TEXT_EMBEDDINGS, kinds={"pytorch", "numpy"}, gpu=True,
         description="One L2-normalised sentence-transformers vector per item, row = item_idx (eq. 1, 5). "
         "Vectors are cached per (model, text), so re-materializing with unchanged inputs encodes nothing.",
     )
@@ -26,17 +27,20 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.io import atomic_dir, read_parquet, write_json, write_npy
         from lgcd_core.language.text_encoder import encode_items
 
-        items = read_parquet(stage_path(cfg, "sequences", "items.parquet"))
+        items = read_parquet(SEQUENCES.items.path(cfg))
         vectors, stats = encode_items(
             items, cfg.text_encoder, resolve_device(cfg.device), cache_dir(cfg, "text_vectors"), log=_log(context)
         )
         with atomic_dir(out_dir) as tmp:
-            write_npy(vectors, tmp / "embeddings.npy")
-            write_json({"model": stats.get("model"), "dim": int(vectors.shape[1]), "n_items": int(vectors.shape[0] - 1)}, tmp / "meta.json")
-        return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out_dir / "embeddings.npy")), **stats_metadata(stats)})
+            write_npy(vectors, tmp / ITEM_TEXT_EMBEDDINGS.vectors)
+            write_json({"model": stats.get("model"), "dim": int(vectors.shape[1]), "n_items": int(vectors.shape[0] - 1)},
+                       tmp / ITEM_TEXT_EMBEDDINGS.meta)
+        return dg.MaterializeResult(
+            metadata={"path": dg.MetadataValue.path(str(out_dir / ITEM_TEXT_EMBEDDINGS.vectors)), **stats_metadata(stats)}
+        )
 
     @stage_asset(
-        cfg, "pseudo_texts", deps=["sequences"], group="language", kinds={"pytorch", "parquet"}, gpu=True,
+        cfg, PSEUDO_TEXTS, kinds={"pytorch", "parquet"}, gpu=True,
         description="For each single-domain user, an LLM guesses items of the other domain from their history (eq. 4). "
         "Answers are cached by (model, template, prompt, generation settings): re-runs and resumed runs "
         "generate only what is missing.",
@@ -46,18 +50,17 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.io import atomic_dir, read_parquet, write_parquet
         from lgcd_core.language.pseudo_text import generate_pseudo_texts
 
-        items = read_parquet(stage_path(cfg, "sequences", "items.parquet"))
-        sequences = read_parquet(stage_path(cfg, "sequences", "sequences.parquet"))
+        items = read_parquet(SEQUENCES.items.path(cfg))
+        sequences = read_parquet(SEQUENCES.sequences.path(cfg))
         table, stats = generate_pseudo_texts(
             cfg, items, sequences, cache_dir(cfg, "llm"), resolve_device(cfg.device), log=_log(context)
         )
         with atomic_dir(out_dir) as tmp:
-            write_parquet(table, tmp / "pseudo_texts.parquet")
-        return dg.MaterializeResult(metadata={**table_metadata(table, out_dir / "pseudo_texts.parquet"), **stats_metadata(stats)})
+            write_parquet(table, tmp / PSEUDO_TEXTS.table)
+        return dg.MaterializeResult(metadata={**table_metadata(table, out_dir / PSEUDO_TEXTS.table), **stats_metadata(stats)})
 
     @stage_asset(
-        cfg, "grounded_items", deps=["pseudo_texts", "item_text_embeddings", "sequences"], group="language",
-        kinds={"faiss", "parquet"},
+        cfg, GROUNDED_ITEMS, kinds={"faiss", "parquet"},
         description="Each pseudo description is embedded with the target domain's text encoder and grounded to its "
         "top n_K real target-domain items by cosine (FAISS exact inner product; eq. 5-6).",
     )
@@ -68,10 +71,10 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.io import atomic_dir, read_parquet, write_parquet
         from lgcd_core.language.grounding import category_overlap_rate, ground_pseudo_texts, taste_match_rate
 
-        pseudo = read_parquet(stage_path(cfg, "pseudo_texts", "pseudo_texts.parquet"))
-        items = read_parquet(stage_path(cfg, "sequences", "items.parquet"))
-        sequences = read_parquet(stage_path(cfg, "sequences", "sequences.parquet"))
-        vectors = np.load(stage_path(cfg, "item_text_embeddings", "embeddings.npy"))
+        pseudo = read_parquet(PSEUDO_TEXTS.table.path(cfg))
+        items = read_parquet(SEQUENCES.items.path(cfg))
+        sequences = read_parquet(SEQUENCES.sequences.path(cfg))
+        vectors = np.load(ITEM_TEXT_EMBEDDINGS.vectors.path(cfg))
         table, stats = ground_pseudo_texts(
             pseudo, items, cfg, resolve_device(cfg.device), item_embeddings=vectors, sequences=sequences
         )
@@ -85,13 +88,13 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
             signal.update({f"signal_taste_{k}": v for k, v in taste_match_rate(table, items, sequences, truth).items()})
         context.log.info(f"grounding signal: {signal}")
         with atomic_dir(out_dir) as tmp:
-            write_parquet(table, tmp / "grounded_items.parquet")
+            write_parquet(table, tmp / GROUNDED_ITEMS.table)
         return dg.MaterializeResult(
-            metadata={**table_metadata(table, out_dir / "grounded_items.parquet"), **stats_metadata({**stats, **signal})}
+            metadata={**table_metadata(table, out_dir / GROUNDED_ITEMS.table), **stats_metadata({**stats, **signal})}
         )
 
     @stage_asset(
-        cfg, "pseudo_overlap_sequences", deps=["grounded_items", "sequences"], group="language", kinds={"python", "parquet"},
+        cfg, PSEUDO_OVERLAP_SEQUENCES, kinds={"python", "parquet"},
         description="Source sequences of single-domain users with their grounded target items inserted at random, "
         "seeded positions (Ŝ_i^A); `is_pseudo` marks the inserted positions.",
     )
@@ -99,13 +102,13 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.io import atomic_dir, read_parquet, write_parquet
         from lgcd_core.language.pseudo_overlap import build_pseudo_overlap
 
-        sequences = read_parquet(stage_path(cfg, "sequences", "sequences.parquet"))
-        grounded = read_parquet(stage_path(cfg, "grounded_items", "grounded_items.parquet"))
+        sequences = read_parquet(SEQUENCES.sequences.path(cfg))
+        grounded = read_parquet(GROUNDED_ITEMS.table.path(cfg))
         table, stats = build_pseudo_overlap(sequences, grounded, cfg.pseudo_overlap)
         with atomic_dir(out_dir) as tmp:
-            write_parquet(table, tmp / "pseudo_overlap_sequences.parquet")
+            write_parquet(table, tmp / PSEUDO_OVERLAP_SEQUENCES.table)
         return dg.MaterializeResult(
-            metadata={**table_metadata(table, out_dir / "pseudo_overlap_sequences.parquet"), **stats_metadata(stats)}
+            metadata={**table_metadata(table, out_dir / PSEUDO_OVERLAP_SEQUENCES.table), **stats_metadata(stats)}
         )
 
     return [item_text_embeddings, pseudo_texts, grounded_items, pseudo_overlap_sequences]

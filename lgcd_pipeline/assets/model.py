@@ -18,8 +18,9 @@ from pathlib import Path
 import dagster as dg
 
 from lgcd_core.config import DatasetConfig
+from lgcd_core.stages import BASELINES, LGCD_MODEL, PRETRAINED_ENCODERS, PSEUDO_OVERLAP_SEQUENCES, SEQUENCES
 from lgcd_pipeline.metadata import image_metadata, stats_metadata
-from lgcd_pipeline.stage import cache_dir, sequence_inputs, stage_asset, stage_path
+from lgcd_pipeline.stage import sequence_inputs, stage_asset, work_dir
 
 
 def _publish(work: Path, out_dir: Path) -> None:
@@ -31,17 +32,16 @@ def _publish(work: Path, out_dir: Path) -> None:
     shutil.rmtree(work)
 
 
-def _result(stats: dict, out_dir: Path, title: str) -> dg.MaterializeResult:
+def _result(stats: dict, loss_curve: Path | None = None, title: str = "") -> dg.MaterializeResult:
     metadata = stats_metadata(stats)
-    if (out_dir / "loss_curve.png").exists():
-        metadata["loss_curve"] = image_metadata(out_dir / "loss_curve.png", title)
+    if loss_curve is not None and loss_curve.exists():
+        metadata["loss_curve"] = image_metadata(loss_curve, title)
     return dg.MaterializeResult(metadata=metadata)
 
 
 def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
     @stage_asset(
-        cfg, "pretrained_encoders", deps=["sequences", "item_text_embeddings"], group="model", kinds={"pytorch", "safetensors"},
-        gpu=True,
+        cfg, PRETRAINED_ENCODERS, kinds={"pytorch", "safetensors"}, gpu=True,
         description="Per domain: SASRec-style ID and text sequence encoders fused by a linear layer (eq. 1-2), "
         "pre-trained with full-softmax next-item cross-entropy (eq. 3), early-stopped on valid.",
     )
@@ -50,14 +50,13 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.model.batches import Inputs
         from lgcd_core.model.pretrain import pretrain_encoders
 
-        work = cache_dir(cfg, "pretrained_encoders_run")
+        work = work_dir(cfg, PRETRAINED_ENCODERS)
         stats = pretrain_encoders(cfg, Inputs(*sequence_inputs(cfg)), work, resolve_device(cfg.device), log=context.log.info)
         _publish(work, out_dir)
-        return _result(stats, out_dir, "pre-training loss")
+        return _result(stats, out_dir / PRETRAINED_ENCODERS.loss_curve, "pre-training loss")
 
     @stage_asset(
-        cfg, "lgcd_model", deps=["pretrained_encoders", "pseudo_overlap_sequences", "sequences", "item_text_embeddings"],
-        group="model", kinds={"pytorch", "safetensors"}, gpu=True,
+        cfg, LGCD_MODEL, kinds={"pytorch", "safetensors"}, gpu=True,
         description="The conditional diffusion preference generator with guesser, λ-start reverse process and MoE "
         "fusion, trained with cyclic overlap batches in both directions (eq. 7-27); one model per seed of "
         "evaluation.seeds and per Table 3 variant the YAML lists.",
@@ -68,15 +67,15 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.model.batches import Inputs
         from lgcd_core.model.train_lgcd import train_lgcd_runs
 
-        pseudo = read_parquet(stage_path(cfg, "pseudo_overlap_sequences", "pseudo_overlap_sequences.parquet"))
-        work = cache_dir(cfg, "lgcd_model_run")
-        stats = train_lgcd_runs(cfg, Inputs(*sequence_inputs(cfg), pseudo_overlap=pseudo), cfg.stage_dir("pretrained_encoders"),
+        pseudo = read_parquet(PSEUDO_OVERLAP_SEQUENCES.table.path(cfg))
+        work = work_dir(cfg, LGCD_MODEL)
+        stats = train_lgcd_runs(cfg, Inputs(*sequence_inputs(cfg), pseudo_overlap=pseudo), PRETRAINED_ENCODERS.path(cfg),
                                 work, resolve_device(cfg.device), log=context.log.info)
         _publish(work, out_dir)
-        return _result({"runs": sorted(stats), **stats}, out_dir, "LGCD training loss")
+        return _result({"runs": sorted(stats), **stats})
 
     @stage_asset(
-        cfg, "baselines", deps=["sequences"], group="model", kinds={"pytorch", "safetensors"}, gpu=True,
+        cfg, BASELINES, kinds={"pytorch", "safetensors"}, gpu=True,
         description="The SASRec baselines listed in evaluation.baselines (single-domain: one model per domain; mixed: "
         "one over all items), per seed of evaluation.seeds, early-stopped on valid NDCG@10 against the same stored "
         "valid candidates the evaluation draws.",
@@ -88,13 +87,12 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.model.batches import Inputs
         from lgcd_core.model.train_sasrec import train_baselines
 
-        tables = ("items.parquet", "sequences.parquet", "eval_cases.parquet")
-        inputs = Inputs(*(read_parquet(stage_path(cfg, "sequences", name)) for name in tables))
+        inputs = Inputs(*(read_parquet(f.path(cfg)) for f in (SEQUENCES.items, SEQUENCES.sequences, SEQUENCES.eval_cases)))
         ev = cfg.evaluation
-        work = cache_dir(cfg, "baselines_run")
+        work = work_dir(cfg, BASELINES)
         work.mkdir(parents=True, exist_ok=True)
         valid = draw_candidates(inputs.eval_cases, inputs.items, "valid", ev.n_negatives, ev.candidate_seed)
-        write_parquet(valid, work / "candidates_valid.parquet")
+        write_parquet(valid, work / BASELINES.candidates.format(split="valid"))
         stats = train_baselines(cfg, inputs, valid, work, resolve_device(cfg.device), log=context.log.info)
         _publish(work, out_dir)
         return dg.MaterializeResult(metadata=stats_metadata({"runs": sorted(stats), **stats}))
