@@ -34,7 +34,7 @@ lock:
 	rm -rf build/lock-venv
 
 demo: $(STAMP)
-	$(VENV)/bin/dagster asset materialize -m lgcd_pipeline.definitions --select '*demo/evaluation'
+	$(VENV)/bin/dagster asset materialize -m lgcd_pipeline.definitions --select '*demo/evaluation,*demo/recommendations'
 	$(VENV)/bin/lgcd summary --dataset demo
 
 # The UI test drives Debian's chromium headless; install it where we can (root with apt), else it skips.

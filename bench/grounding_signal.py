@@ -83,7 +83,7 @@ def main() -> None:
     from lgcd_core.language.pseudo_text import generate_pseudo_texts
 
     cfg = load_dataset_config(dataset_path(args.dataset))
-    cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"max_users": None})})
+    cfg = cfg.model_copy(update={"pseudo_overlap": cfg.pseudo_overlap.model_copy(update={"max_users": None, "source": "llm"})})
     seq_dir = cfg.stage_dir("sequences")
     items = pq.read_table(seq_dir / "items.parquet")
     training = pq.read_table(seq_dir / "sequences.parquet")
@@ -100,7 +100,9 @@ def main() -> None:
         f"# Grounding signal on {args.dataset} (valid users' source histories; targets never read)",
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; LLM `{gen_stats['model']}`, {len(users)} users, "
-        f"n_K = {cfg.grounding.n_k}, unusable answers {gen_stats['unusable_share']:.1%} (grounded from the source history instead).",
+        f"n_K = {cfg.grounding.n_k}, {gen_stats['n_descriptions']} descriptions asked, answers cut by the "
+        f"{gen_stats['max_new_tokens']}-token cap {gen_stats['cut_share']:.1%}, unusable answers "
+        f"{gen_stats['unusable_share']:.1%} (grounded from the source history instead).",
         "",
         "| measure | grounded items | random target-domain items | lift |",
         "|---|---:|---:|---:|",

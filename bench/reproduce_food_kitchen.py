@@ -42,8 +42,8 @@ def _prepare(data_dir: Path, max_users: int | None, overrides: list[str]) -> tup
     deviations = ["LLM: SmolLM2-135M-Instruct (offline) instead of Baichuan2-7B-Chat",
                   "text encoder: all-MiniLM-L6-v2 (offline) instead of jina-embeddings-v2-base-en"]
     if max_users:
-        config.setdefault("llm", {})["max_users"] = max_users
-        deviations.append(f"pseudo users: a seeded sample of {max_users} single-domain users get LLM pseudo-texts")
+        config.setdefault("pseudo_overlap", {})["max_users"] = max_users
+        deviations.append(f"pseudo users: a seeded sample of {max_users} single-domain users")
     deviations += [apply_assignment(config, o) for o in overrides]
     return config, deviations
 

@@ -5,7 +5,8 @@
         [--sweep lgcd.diffusion.lambda_A+lgcd.diffusion.lambda_B=0.1,0.3,0.5,0.7,0.9] [--set section.field=value ...]
 
 Every point starts from the dataset's YAML, changes one field (``a+b`` changes several to the same
-value) and re-materializes only what that change invalidates (``grounded_items`` onwards for n_K,
+value) and re-materializes only what that change invalidates (``pseudo_texts`` onwards for n_K, as the
+prompt asks for n_K items, eq. 4, unless ``llm.n_descriptions`` is set: then ``grounded_items`` onwards;
 ``lgcd_model`` and ``evaluation`` for T and λ). Selection stays on valid; test is never read.
 
 The SASRec baselines do not depend on any swept field: the ``baselines`` stage trains them at the

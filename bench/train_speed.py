@@ -2,6 +2,7 @@
 synthetic inputs (8,661 / 27,637 items, ~51k training sequences, 384-d text vectors).
 
     python -m bench.train_speed [--device auto|cpu|cuda] [--steps 200] [--config datasets/food_kitchen.yaml]
+        [--lgcd diffusion.sampler_steps=0 ...]
 
 The inputs come from the model tests' toy generator (tests/toy_data.py).
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import psutil
 import torch
 import torch.nn.functional as F
+import yaml
 
 from lgcd_core.config import LGCDConfig, PretrainConfig, load_dataset_config
 from lgcd_core.device import resolve_device
@@ -142,7 +144,8 @@ def bench_lgcd(data, index, pcfg: PretrainConfig, lc: LGCDConfig, steps: int, de
                 n_seq, n_tgt = n_seq + a, n_tgt + b
             _sync(device)
             secs = time.perf_counter() - t0
-        rows.append({"phase": f"LGCD train {dr[0]}->{dr[1]} ({len(dd)} rows, reverse from t={model.schedule.start_step(model.lam(dr[1]))})",
+        rows.append({"phase": f"LGCD train {dr[0]}->{dr[1]} ({len(dd)} rows, reverse from t={model.schedule.start_step(model.lam(dr[1]))}, "
+                              f"{model.denoiser_calls(dr[1])} denoiser calls)",
                      "steps": steps, "seq_per_s": n_seq / secs, "ms_per_step": 1000 * secs / steps,
                      "peak_mib": mem.mib, "targets_per_s": n_tgt / secs})
     return rows, model
@@ -161,17 +164,23 @@ def bench_reverse(model: LGCDModel, index, data, device: str, n_users: int = 512
         (src,) = trim_left(pad_left(hist, model.cfg.architecture.max_len))
         src = src.to(device)
         model.scores(source + target, src)  # warm-up (and item cache)
-        t_start = model.schedule.start_step(model.lam(target))
+        t_start = model.denoiser_calls(target)
         with PeakMemory(device) as mem:
             _sync(device)
             t0 = time.perf_counter()
             model.user_vectors(source + target, src)
             _sync(device)
             secs = time.perf_counter() - t0
-        out.append({"phase": f"inference {source}->{target}: reverse {t_start} of T={model.cfg.diffusion.T} steps, batch {len(hist)}",
+        out.append({"phase": f"inference {source}->{target}: {t_start} denoiser calls (t_start="
+                              f"{model.schedule.start_step(model.lam(target))} of T={model.cfg.diffusion.T}), batch {len(hist)}",
                     "steps": t_start, "seq_per_s": len(hist) / secs, "ms_per_step": 1000 * secs / t_start,
                     "peak_mib": mem.mib, "ms_per_user": 1000 * secs / len(hist)})
     return out
+
+
+def _sampler(lc: LGCDConfig) -> str:
+    k = lc.diffusion.sampler_steps
+    return f"DDIM (η=0) in {k} jumps" if k else "every step of eq. 20 (the full chain)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="steps per phase (default 200 on CUDA, 30 on CPU)")
     ap.add_argument("--config", default=None, help="dataset YAML for the pretrain/lgcd sections (T, λ, sizes)")
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the Food-Kitchen sizes (quick runs)")
+    ap.add_argument("--lgcd", action="append", default=[], metavar="FIELD=VALUE",
+                    help="change one LGCD field, e.g. diffusion.sampler_steps=0 (the full chain of eq. 20)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
@@ -189,6 +200,11 @@ def main(argv: list[str] | None = None) -> None:
         pcfg, lc = cfg.pretrain, cfg.lgcd
     else:
         pcfg, lc = PretrainConfig(), LGCDConfig()
+    for assignment in args.lgcd:
+        field, sep, raw = assignment.partition("=")
+        if not sep:
+            raise SystemExit(f"--lgcd {assignment!r}: expected section.field=value")
+        lc = lc.with_updates({field: yaml.safe_load(raw)})
     torch.manual_seed(0)
     s = args.scale
     t0 = time.perf_counter()
@@ -214,8 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     memo = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "peak process RSS (psutil)"
     text = (f"# Training speed\n\nDevice: {dev_name}; torch {torch.__version__}; batch {pcfg.batch_size} (pretrain) / "
             f"{lc.training.batch_size} with {lc.training.overlap_per_batch} overlap rows (LGCD); d={pcfg.d}; "
-            f"T={lc.diffusion.T}, λ_A={lc.diffusion.lambda_A}, λ_B={lc.diffusion.lambda_B}; reverse in training: "
-            "the whole chain from t_start, grad through its last step.\n"
+            f"T={lc.diffusion.T}, λ_A={lc.diffusion.lambda_A}, λ_B={lc.diffusion.lambda_B}; reverse process (training and "
+            f"inference): {_sampler(lc)} from the noised guess at t_start, grad through its last jump in training.\n"
             f"Inputs: synthetic, scale {s} of Food-Kitchen ({index.n_domain('A')} / {index.n_domain('B')} items, "
             f"{data['sequences'].num_rows} sequences, {data['pseudo_overlap'].num_rows} pseudo-overlap rows; "
             f"generated in {gen_s:.0f}s). Memory: {memo}. Load average at the end: "

@@ -148,15 +148,27 @@ class TextEncoderConfig(_Section):
     trust_remote_code: bool = False  # e.g. jinaai/jina-embeddings-v2-base-en needs True
 
 
-class GenerationConfig(_Section):
-    """Decoding settings; every field is part of the generation cache key."""
+# Token budget of an answer when `llm.generation.max_new_tokens` is null: room for a preamble plus a
+# generous line per asked item (SmolLM2 copies the long Amazon titles of its prompt: 20-25 tokens an item
+# on Food-Kitchen), so a list of n items is not cut by the cap. The transformers backend also stops a
+# row once its list is complete, so the budget costs nothing when answers end on time.
+ANSWER_TOKENS_BASE = 32
+ANSWER_TOKENS_PER_ITEM = 32
 
-    max_new_tokens: int = Field(default=64, ge=1)  # longest answer, in tokens
+
+class GenerationConfig(_Section):
+    """Decoding settings; every field is part of the generation cache key (with the resolved token cap)."""
+
+    max_new_tokens: int | None = Field(default=None, ge=1)  # longest answer, in tokens; null: 32 + 32 per asked item
     do_sample: bool = False  # sample (temperature, top_p); false: greedy decoding
     temperature: float = Field(default=0.7, gt=0.0)  # sampling temperature (do_sample only)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)  # nucleus sampling mass (do_sample only)
     repetition_penalty: float = Field(default=1.0, gt=0.0)  # 1: none
     seed: int = 0  # sampling seed
+
+    def token_cap(self, n_items: int) -> int:
+        """``max_new_tokens``, or when null the budget of a complete list of ``n_items`` items."""
+        return self.max_new_tokens or ANSWER_TOKENS_BASE + ANSWER_TOKENS_PER_ITEM * n_items
 
 
 class HttpBackendConfig(_Section):
@@ -187,10 +199,8 @@ class LLMConfig(_Section):
     model: str = "default"  # a Hugging Face model name or folder (transformers backend)
     gguf_file: str | None = None  # a GGUF file inside model to load instead of safetensors
     batch_size: int = Field(default=16, ge=1)  # prompts per generation batch (transformers backend)
-    max_users: int | None = Field(default=None, ge=1)  # a seeded sample of this many single-domain users; null: all
-    sample_seed: int = 0  # seed of that sample
-    history_items: int = Field(default=10, ge=1)  # the user's most recent source items the prompt lists
-    n_descriptions: int = Field(default=5, ge=1)  # how many target items the prompt asks for
+    history_items: int = Field(default=10, ge=1)  # the user's most recent source items the prompt lists (every source reads them)
+    n_descriptions: int | None = Field(default=None, ge=1)  # target items the prompt asks for; null: grounding.n_k (eq. 4)
     max_item_chars: int = Field(default=160, ge=8)  # each history item's text is cut to this
     template_a_to_b: str = "default"  # prompt template for A-only users (a file with {items}); 'default' = packaged
     template_b_to_a: str = "default"  # prompt template for B-only users
@@ -199,11 +209,26 @@ class LLMConfig(_Section):
     generation: GenerationConfig = GenerationConfig()  # decoding settings
     http: HttpBackendConfig | None = None  # the server (backend 'http' only)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: object) -> object:
+        moved = [f"'{key}' is now 'pseudo_overlap.{key}'" for key in ("max_users", "sample_seed")
+                 if isinstance(data, dict) and key in data]
+        if moved:
+            raise ValueError(f"the user sample applies to every pseudo source: {', '.join(moved)}")
+        return data
+
     @model_validator(mode="after")
     def _http(self) -> LLMConfig:
         if self.backend == "http" and self.http is None:
             raise ValueError("backend 'http' needs an 'http' section (base_url, model)")
         return self
+
+    def resolved(self, n_k: int) -> LLMConfig:
+        """A copy with the derived fields filled in: ``n_descriptions`` (null: ``n_k``) and the token cap."""
+        n = self.n_descriptions or n_k
+        generation = self.generation.model_copy(update={"max_new_tokens": self.generation.token_cap(n)})
+        return self.model_copy(update={"n_descriptions": n, "generation": generation})
 
 
 class GroundingConfig(_Section):
@@ -220,8 +245,20 @@ class GroundingConfig(_Section):
 
 
 class PseudoOverlapConfig(_Section):
-    """Insertion of grounded items into source sequences (the pseudo-overlap users)."""
+    """The pseudo-overlap users: which single-domain users, where their target items come from, where they go.
 
+    ``source`` (see lgcd_core.language.pseudo_sources):
+    - ``llm`` (the paper, eq. 4-6): an LLM answer per user, its descriptions grounded by FAISS;
+    - ``text`` (LLM-free): the user's own recent source items, embedded by the text encoder, grounded
+      by the same FAISS search (what ``grounding.unusable: source_history`` does for one user);
+    - ``collaborative`` (LLM-free; our extension, not the paper's): the target items most often bought
+      together with the user's recent source items by overlap users in the training sequences.
+    The same seeded sample of ``max_users`` users serves every source, so sources compare at equal coverage.
+    """
+
+    source: Literal["llm", "text", "collaborative"] = "llm"  # where pseudo users' target items come from (see above)
+    max_users: int | None = Field(default=None, ge=1)  # a seeded sample of this many single-domain users; null: all
+    sample_seed: int = 0  # seed of that sample (the same users for every source)
     seed: int = 0  # with user_idx, seeds where each user's grounded items are inserted
 
 
@@ -256,6 +293,8 @@ class LGCDDiffusion(_Section):
     schedule: Literal["sqrt_linear", "linear"] = "sqrt_linear"  # β_t between them: √β linear (our reading) or β linear
     lambda_A: float = Field(default=0.5, gt=0.0, le=1.0)  # λ when A is the target: reverse starts at t = λT (eq. 18-19)
     lambda_B: float = Field(default=0.3, gt=0.0, le=1.0)  # λ when B is the target
+    sampler_steps: int | None = Field(default=10, ge=0)  # reverse jumps t_start -> 0: DDIM (η=0) on this many; null/0: each step, eq. 20
+    inference_draws: int = Field(default=1, ge=1)  # ε draws per user at inference; the scores are averaged over them
 
 
 class LGCDArchitecture(_Section):
@@ -302,7 +341,14 @@ class LGCDInterpretation(_Section):
     condition_tokens: Literal["sequence", "last"] = "sequence"  # denoiser keys/values: every source position, or h^cond alone (eq. 13)
     pseudo_condition: Literal["id_fused", "full"] = "id_fused"  # pseudo rows' condition: ID only (eq. 8), or ID + text like real rows
     align_on: Literal["pseudo", "overlap", "both"] = "pseudo"  # rows L_align (eq. 21) applies to; eq. 27 says pseudo
-    reverse_noise: bool = False  # noise the warm start with a drawn ε (eq. 11); false: ε = 0, deterministic scores
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_fields(cls, data: object) -> object:
+        if isinstance(data, dict) and "reverse_noise" in data:
+            raise ValueError("'reverse_noise' was removed: the warm start is always noised with a real ε (eq. 18-20, "
+                             "seeded per user at inference); delete the field")
+        return data
 
 
 class LGCDLossWeights(_Section):
@@ -373,18 +419,27 @@ VARIANT_SWITCHES: dict[str, str] = {
     "wo_moe": "ablations.moe",
     "wo_cyclic": "ablations.cyclic_batches",
 }
-SASREC_BASELINES = ("sasrec_single", "sasrec_mixed")  # trained by the `baselines` stage, in this order
+# The SASRec baselines the `baselines` stage trains, in this order: name -> (mode, the `evaluation`
+# section holding its config). Modes: ``single`` (one model per domain) and ``mixed`` (one over all items).
+SASREC_BASELINES: dict[str, tuple[Literal["single", "mixed"], Literal["sasrec", "sasrec_bce"]]] = {
+    "sasrec_single": ("single", "sasrec"),
+    "sasrec_mixed": ("mixed", "sasrec"),
+    "sasrec_bce_single": ("single", "sasrec_bce"),  # the public SASRec's recipe (BCE, one negative per position)
+    "sasrec_bce_mixed": ("mixed", "sasrec_bce"),
+}
 BASELINES = (*SASREC_BASELINES, "pretrained_encoder", "popularity", "lgcd_wo_diffusion")
 
 
 class BaselineSASRecConfig(_Section):
     """The SASRec baselines (single-domain and mixed), trained by the `baselines` stage (lgcd_core.model.train_sasrec).
 
-    ``train_negatives``: None trains with full-softmax cross-entropy over the model's vocabulary;
-    an integer trains a sampled softmax against that many uniform negatives shared by the batch.
-    Early stopping reads valid NDCG@10 every ``eval_every`` epochs, in ``selection_setting``, under
-    ``selection_protocol`` (``sampled999``: the stored valid candidates; ``full``: every item of the
-    target domain); test is never read.
+    ``loss``: ``softmax`` is next-item cross-entropy; ``train_negatives`` None makes it a full softmax
+    over the model's vocabulary, an integer a sampled softmax against that many uniform negatives
+    shared by the batch. ``bce`` is the public SASRec's loss: binary cross-entropy of the positive and
+    of ONE uniformly drawn negative per position (an item of the model's vocabulary that is not in the
+    training row), averaged over real positions. Early stopping reads valid NDCG@10 every
+    ``eval_every`` epochs, in ``selection_setting``, under ``selection_protocol`` (``sampled999``: the
+    stored valid candidates; ``full``: every item of the target domain); test is never read.
     """
 
     d: int = Field(default=64, ge=4)  # hidden size
@@ -398,9 +453,36 @@ class BaselineSASRecConfig(_Section):
     max_epochs: int = Field(default=15, ge=1)  # most epochs; the best one on valid NDCG@10 is kept
     patience: int = Field(default=3, ge=1)  # stop after this many evaluations without a better valid NDCG@10
     eval_every: int = Field(default=1, ge=1)  # epochs between valid evaluations
-    train_negatives: int | None = Field(default=1000, ge=1)  # sampled-softmax negatives; null: full softmax
+    loss: Literal["softmax", "bce"] = "softmax"  # next-item cross-entropy, or BCE with one negative per position
+    train_negatives: int | None = Field(default=1000, ge=1)  # softmax only: sampled-softmax negatives; null: full softmax
+    item_bias: bool = True  # a learned per-item score bias, starting at log(1 + training count); false: none
     selection_setting: Literal["inter_domain", "mixed_history"] = "mixed_history"  # histories early stopping reads
     selection_protocol: Literal["sampled999", "full"] = "sampled999"  # candidates early stopping ranks
+
+    @model_validator(mode="after")
+    def _negatives(self) -> BaselineSASRecConfig:
+        if self.loss == "bce" and self.train_negatives is not None:
+            raise ValueError("train_negatives applies to loss 'softmax' only (bce draws one negative per position); "
+                             "set it to null")
+        return self
+
+
+class PublicSASRecConfig(BaselineSASRecConfig):
+    """The public SASRec's recipe (pmixer/SASRec.pytorch): the `sasrec_bce_*` baselines; same fields, its defaults.
+
+    BCE with one uniform negative per position, no item bias, lr 1e-3, batch 128, up to 200 epochs
+    with valid NDCG@10 every 5 epochs and patience counted in those evaluations. A YAML section sets
+    only what it changes; the rest stays this recipe.
+    """
+
+    loss: Literal["softmax", "bce"] = "bce"
+    train_negatives: int | None = Field(default=None, ge=1)
+    item_bias: bool = False  # the public SASRec scores h · e_item only
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=128, ge=1)
+    max_epochs: int = Field(default=200, ge=1)
+    eval_every: int = Field(default=5, ge=1)
+    patience: int = Field(default=5, ge=1)  # evaluations, i.e. 25 epochs without a better valid NDCG@10
 
 
 class ReferenceRow(_Section):
@@ -423,7 +505,8 @@ class EvaluationConfig(_Section):
     variants: list[str] = []  # the Table 3 LGCD variants trained and scored (VARIANT_SWITCHES)
     lgcd_reads_target_history: bool = False  # mixed_history: LGCD warm-starts from the target-domain items (ours)
     batch_size: int = Field(default=512, ge=1)  # cases scored per batch
-    sasrec: BaselineSASRecConfig = BaselineSASRecConfig()  # the SASRec baselines
+    sasrec: BaselineSASRecConfig = BaselineSASRecConfig()  # sasrec_single, sasrec_mixed (full or sampled softmax)
+    sasrec_bce: PublicSASRecConfig = PublicSASRecConfig()  # sasrec_bce_single, sasrec_bce_mixed: the public recipe
     paper_rows: list[ReferenceRow] = []  # published rows shown beside ours in report.md
 
     @model_validator(mode="after")
@@ -447,6 +530,31 @@ class EvaluationConfig(_Section):
         """The listed baselines the `baselines` stage trains."""
         return [b for b in SASREC_BASELINES if b in self.baselines]
 
+    def sasrec_run(self, name: str) -> tuple[Literal["single", "mixed"], BaselineSASRecConfig]:
+        """The mode and config of SASRec baseline ``name`` (a key of SASREC_BASELINES)."""
+        mode, section = SASREC_BASELINES[name]
+        return mode, getattr(self, section)
+
+
+# --------------------------------------------------------------------------------------------
+# Serving
+# --------------------------------------------------------------------------------------------
+
+
+class RecommendationsConfig(_Section):
+    """The `recommendations` stage: top-K target-domain items per single-domain and held-out user (lgcd_core.serving).
+
+    Scores are ``h_user · e_item`` (eq. 25). Up to ``faiss_above`` target-domain items the top K is an
+    exact sort of every score; above it a FAISS inner-product index proposes candidates that are then
+    re-scored exactly, so both paths give the same list (ties: the lower item_idx first).
+    """
+
+    k: int = Field(default=20, ge=1)  # items recommended per user
+    faiss_above: int = Field(default=50_000, ge=0)  # target domains with more items than this search through FAISS
+    batch_size: int = Field(default=512, ge=1)  # users scored per batch
+    sample_users: int = Field(default=10, ge=0)  # users shown in the stage's metadata table
+    sample_seed: int = 0  # seeds which users that table shows
+
 
 class DatasetConfig(_Section):
     """The whole YAML of one dataset."""
@@ -465,6 +573,7 @@ class DatasetConfig(_Section):
     pretrain: PretrainConfig = PretrainConfig()  # pretrained_encoders
     lgcd: LGCDConfig = LGCDConfig()  # lgcd_model
     evaluation: EvaluationConfig = EvaluationConfig()  # baselines, evaluation (and lgcd_model's seeds and variants)
+    recommendations: RecommendationsConfig = RecommendationsConfig()  # recommendations
 
     # ---- paths -----------------------------------------------------------------------------
 

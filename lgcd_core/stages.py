@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, Protocol
 
-Group = Literal["data", "language", "model", "evaluation"]
-GROUPS: tuple[Group, ...] = ("data", "language", "model", "evaluation")
+Group = Literal["data", "language", "model", "evaluation", "serving"]
+GROUPS: tuple[Group, ...] = ("data", "language", "model", "evaluation", "serving")
 CACHE = "cache"  # the folder beside the stage folders for caches and training work folders; no stage has this name
 
 
@@ -107,12 +107,16 @@ ITEM_TEXT_EMBEDDINGS = Stage(
     vectors="embeddings.npy",
     meta="meta.json",
 )
+# The pseudo-user sample and source configure the three pseudo stages; `pseudo_texts` asks for
+# grounding.n_k items when llm.n_descriptions is null, and writes an empty table unless the source is llm.
+_PSEUDO_USERS = ("pseudo_overlap.source", "pseudo_overlap.max_users", "pseudo_overlap.sample_seed")
 PSEUDO_TEXTS = Stage(
-    "pseudo_texts", "language", (SEQUENCES,), ("llm",),
+    "pseudo_texts", "language", (SEQUENCES,), ("llm", "grounding.n_k", *_PSEUDO_USERS),
     table="pseudo_texts.parquet",
 )
 GROUNDED_ITEMS = Stage(
-    "grounded_items", "language", (PSEUDO_TEXTS, ITEM_TEXT_EMBEDDINGS, SEQUENCES), ("grounding",),
+    "grounded_items", "language", (PSEUDO_TEXTS, ITEM_TEXT_EMBEDDINGS, SEQUENCES),
+    ("grounding", "llm.history_items", *_PSEUDO_USERS),
     table="grounded_items.parquet",
 )
 PSEUDO_OVERLAP_SEQUENCES = Stage(
@@ -137,8 +141,8 @@ LGCD_MODEL = Stage(
 )
 BASELINES = Stage(
     "baselines", "model", (SEQUENCES,),
-    ("evaluation.seeds", "evaluation.sasrec_baselines", "evaluation.sasrec", "evaluation.n_negatives",
-     "evaluation.candidate_seed"),
+    ("evaluation.seeds", "evaluation.sasrec_baselines", "evaluation.sasrec", "evaluation.sasrec_bce",
+     "evaluation.n_negatives", "evaluation.candidate_seed"),
     weights="{group}.safetensors",      # in <model>_seed<k>/: A and B (single-domain) or mixed
     meta="sasrec.json",
     candidates="candidates_{split}.parquet",  # valid only: the negatives model selection used
@@ -156,11 +160,21 @@ EVALUATION = Stage(
     chart="metrics.png",
 )
 
+# ---- serving -----------------------------------------------------------------------------------
+# Reads the trained default model, never the evaluation: an evaluation setting does not re-run it.
+# filtered_interactions gives held-out users their user_id (eval_cases carries user_idx only).
+RECOMMENDATIONS = Stage(
+    "recommendations", "serving", (LGCD_MODEL, PRETRAINED_ENCODERS, SEQUENCES, ITEM_TEXT_EMBEDDINGS, FILTERED_INTERACTIONS),
+    ("recommendations",),
+    table="recommendations.parquet",
+)
+
 STAGES: tuple[Stage, ...] = (
     RAW_INTERACTIONS, RAW_ITEMS, FILTERED_INTERACTIONS, SEQUENCES,
     ITEM_TEXT_EMBEDDINGS, PSEUDO_TEXTS, GROUNDED_ITEMS, PSEUDO_OVERLAP_SEQUENCES,
     PRETRAINED_ENCODERS, LGCD_MODEL, BASELINES,
     EVALUATION,
+    RECOMMENDATIONS,
 )
 NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 BY_NAME: dict[str, Stage] = {stage.name: stage for stage in STAGES}

@@ -4,6 +4,10 @@
                                              (first releasing runs whose process was killed; lgcd_pipeline.runs)
     lgcd status [--dataset NAME]             Dagster's own status of every asset, and why
     lgcd summary --dataset NAME              stage figures and the results table of the last run
+    lgcd recommend --dataset NAME --user ID [-k N] [--json]
+                                             a user's history and their stored recommendations
+    lgcd export --dataset NAME --out DIR     the default LGCD model as a folder a service loads without Dagster
+                                             (lgcd_core.serving.exported.load)
 
 The Dagster instance is the repository's `dagster_home/` unless DAGSTER_HOME is set. A broken dataset
 YAML, an unknown dataset or missing input is reported on one line, `lgcd: <message>`, with exit status 2.
@@ -112,6 +116,82 @@ def summary(dataset: str) -> int:
     return 0
 
 
+def _titles(items, ids: list[int]) -> list[dict]:
+    picked = items.take([i - 1 for i in ids]).to_pylist()
+    return [{"item_id": r["item_id"], "title": r["title"], "domain": r["domain"]} for r in picked]
+
+
+def recommend(dataset: str, user: str, k: int | None, as_json: bool) -> int:
+    """A user's history (per domain) and their top items, read from the stored `recommendations` asset."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from lgcd_core.config import ConfigError, dataset_path, load_dataset_config
+    from lgcd_core.io import DataError, recover
+    from lgcd_core.stages import RECOMMENDATIONS, SEQUENCES
+
+    if k is not None and k < 1:
+        raise ConfigError(f"-k must be at least 1, got {k}")
+    cfg = load_dataset_config(dataset_path(dataset))
+    path = RECOMMENDATIONS.table.path(cfg)
+    recover(path.parent.parent)
+    if not path.exists():
+        raise DataError(f"{path} is missing; materialize {cfg.name}/recommendations first (lgcd sync --dataset {cfg.name})")
+    rows = pq.read_table(path, filters=[("user_id", "=", user)]).sort_by("rank").to_pylist()
+    if not rows:
+        raise DataError(f"no user {user!r} in {cfg.name}'s recommendations ({path}); only single-domain training users "
+                        "and held-out users have recommendations")
+    first = rows[0]
+    items = pq.read_table(SEQUENCES.items.path(cfg), columns=["item_idx", "item_id", "domain", "title"])
+    if first["case_id"] is None:
+        table = pq.read_table(SEQUENCES.sequences.path(cfg), filters=[("user_idx", "=", first["user_idx"])])
+        history = table.column("items")[0].as_py()
+    else:
+        table = pq.read_table(SEQUENCES.eval_cases.path(cfg), filters=[("case_id", "=", first["case_id"])])
+        history = table.column("history")[0].as_py()
+    names = {"A": cfg.domains.A, "B": cfg.domains.B}
+    target = first["target_domain"]
+    shown = rows[:k] if k else rows
+    held = first["case_id"] is not None
+    if as_json:
+        print(json.dumps({"kind": "user", "dataset": cfg.name, "user_id": user, "user_type": first["user_type"],
+                          "case_id": first["case_id"], "target_domain": target, "stored_k": len(rows)}))
+        for position, item in enumerate(_titles(items, history), 1):
+            print(json.dumps({"kind": "history", "position": position, **item}))
+        for row in shown:
+            print(json.dumps({"kind": "recommendation", "rank": row["rank"], "item_id": row["item_id"],
+                              "title": row["title"], "score": row["score"], "domain": target}))
+        return 0
+    kind = f"held-out user, {table.column('split')[0].as_py()} case {first['case_id']}" if held else first["user_type"]
+    print(f"{cfg.name}: user {user} ({kind}), {len(history)} items in their history")
+    for domain in ("A", "B"):
+        titles = [t for t in _titles(items, history) if t["domain"] == domain]
+        role = "source" if domain != target else "target: never recommended again"
+        print(f"\n  {names[domain]} ({domain}, {role}): " + (f"{len(titles)} items, oldest first" if titles else "none"))
+        for t in titles:
+            print(f"    {t['title']}  [{t['item_id']}]")
+    note = f" (only {len(rows)} stored: recommendations.k)" if k and k > len(rows) else ""
+    print(f"\n  top {len(shown)} {names[target]} ({target}) items{note}, scored from the {names['B' if target == 'A' else 'A']} "
+          "items only:")
+    for row in shown:
+        print(f"    {row['rank']:3d}. {row['score']:8.4f}  {row['title']}  [{row['item_id']}]")
+    return 0
+
+
+def export(dataset: str, out: str) -> int:
+    """Write the default LGCD model, item table with vectors and config to ``out`` (lgcd_core.serving.exported)."""
+    from lgcd_core.config import dataset_path, load_dataset_config
+    from lgcd_core.serving.exported import export as export_folder
+
+    cfg = load_dataset_config(dataset_path(dataset))
+    config = export_folder(cfg, Path(out))
+    n = config["n_items"]
+    print(f"lgcd export: {out}: {cfg.name}'s default LGCD model, {n['A']} + {n['B']} items with "
+          f"{config['vector_dim']}-d vectors; load it with lgcd_core.serving.exported.load({str(out)!r})", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lgcd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     p_status.add_argument("--dataset")
     p_summary = sub.add_parser("summary", help="print a dataset's results")
     p_summary.add_argument("--dataset", required=True)
+    p_rec = sub.add_parser("recommend", help="a user's history and stored recommendations (the recommendations asset)")
+    p_rec.add_argument("--dataset", required=True)
+    p_rec.add_argument("--user", required=True, help="the user_id (single-domain training user or held-out user)")
+    p_rec.add_argument("-k", type=int, help="show this many items (default: every stored one, recommendations.k)")
+    p_rec.add_argument("--json", action="store_true", help="one JSON object per line: user, history items, recommendations")
+    p_export = sub.add_parser("export", help="write the default LGCD model as a folder a service loads without Dagster")
+    p_export.add_argument("--dataset", required=True)
+    p_export.add_argument("--out", required=True, help="the folder to write (replaced if it is an earlier export)")
     args = parser.parse_args(argv)
     from lgcd_core.config import ConfigError
     from lgcd_core.io import DataError
@@ -131,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             return sync(args.dataset, args.dry_run)
         if args.command == "status":
             return status(args.dataset)
+        if args.command == "recommend":
+            return recommend(args.dataset, args.user, args.k, args.json)
+        if args.command == "export":
+            return export(args.dataset, args.out)
         return summary(args.dataset)
     except (ConfigError, DataError, FileNotFoundError) as exc:
         print("lgcd: " + " ".join(line.strip() for line in str(exc).splitlines()), file=sys.stderr)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import dagster as dg
 
 from lgcd_core.config import DatasetConfig, discover_datasets
-from lgcd_pipeline.assets import data, evaluation, language, model
+from lgcd_pipeline.assets import data, evaluation, language, model, serving
 
 
 def dataset_assets(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
     """Every stage of one dataset, keyed `<name>/<stage>`."""
-    return [*data.build(cfg), *language.build(cfg), *model.build(cfg), *evaluation.build(cfg)]
+    return [*data.build(cfg), *language.build(cfg), *model.build(cfg), *evaluation.build(cfg), *serving.build(cfg)]
 
 
 def build_definitions(configs: list[DatasetConfig]) -> dg.Definitions:

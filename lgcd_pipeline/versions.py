@@ -116,18 +116,34 @@ def stage_roots(root: Path = REPO_ROOT) -> dict[str, frozenset[str]]:
     return roots
 
 
-@cache
-def stage_modules(stage: str, root: Path = REPO_ROOT) -> tuple[str, ...]:
-    """Every `lgcd_core` module ``stage`` runs: the transitive import closure of its roots."""
+def _closure(roots: frozenset[str], root: Path) -> tuple[str, ...]:
+    """The transitive import closure of ``roots`` in the `lgcd_core` import graph."""
     graph = import_graph(root)
     seen: set[str] = set()
-    todo = [m for r in stage_roots(root)[stage] for m in _with_parents(r) if m in graph]
+    todo = [m for r in roots for m in _with_parents(r) if m in graph]
     while todo:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
             todo.extend(graph[module] - seen)
     return tuple(sorted(seen))
+
+
+@cache
+def stage_modules(stage: str, root: Path = REPO_ROOT) -> tuple[str, ...]:
+    """Every `lgcd_core` module ``stage`` runs: the transitive import closure of its roots."""
+    return _closure(stage_roots(root)[stage], root)
+
+
+@cache
+def cli_modules(root: Path = REPO_ROOT) -> tuple[str, ...]:
+    """Every `lgcd_core` module the `lgcd` command runs outside the graph (``lgcd export``, ...), transitively.
+
+    No stage's version covers them: they write no asset.
+    """
+    path = root / "lgcd_pipeline" / "cli.py"
+    known = set(module_files(root))
+    return _closure(frozenset(_imported(ast.parse(path.read_text(), filename=str(path)), "", False, known)), root)
 
 
 def source_hash(stage: str, root: Path = REPO_ROOT) -> str:

@@ -27,11 +27,12 @@ TINY_YAML = {
     "domains": {"A": "Grocery", "B": "Kitchen"},
     "filter": {"k_core": 2},
     "split": {"seed": 1, "valid_ratio": 0.2, "test_ratio": 0.2},
-    "llm": {"max_users": 4, "batch_size": 4, "generation": {"max_new_tokens": 16}},
+    "llm": {"batch_size": 4, "generation": {"max_new_tokens": 16}},
     "grounding": {"n_k": 3},
+    "pseudo_overlap": {"max_users": 4},
     "pretrain": {"d": 16, "epochs": 2, "patience": 2, "batch_size": 32},
     "lgcd": {"diffusion": {"T": 10}, "training": {"epochs": 2, "patience": 2, "overlap_per_batch": 4, "batch_size": 16}},
-    "evaluation": {"n_negatives": 20},
+    "evaluation": {"n_negatives": 20, "sasrec_bce": {"max_epochs": 3, "eval_every": 1}},
 }
 
 

@@ -84,16 +84,62 @@ def test_model_stages_hash_exactly_the_fields_they_depend_on() -> None:
 
     assert changed("lgcd", diffusion={**TINY_YAML["lgcd"]["diffusion"], "lambda_B": 0.7}) == {"lgcd_model"}
     assert changed("evaluation", sasrec={"lr": 0.01}) == {"baselines", "evaluation"}
+    assert changed("evaluation", sasrec_bce={"max_epochs": 50}) == {"baselines", "evaluation"}
     assert changed("evaluation", seeds=[0, 1]) == {"lgcd_model", "baselines", "evaluation"}
     assert changed("evaluation", variants=["wo_moe"]) == {"lgcd_model", "evaluation"}
     assert changed("evaluation", baselines=["sasrec_mixed", "popularity"]) == {"lgcd_model", "baselines", "evaluation"}
     no_popularity = [b for b in base.evaluation.baselines if b != "popularity"]
     assert changed("evaluation", baselines=no_popularity) == {"evaluation"}  # scored, not trained
     assert changed("evaluation", ks=[5, 10]) == {"evaluation"}
-    assert base.stage_config("baselines")["evaluation.sasrec_baselines"] == ["sasrec_single", "sasrec_mixed"]
+    assert base.stage_config("baselines")["evaluation.sasrec_baselines"] == [
+        "sasrec_single", "sasrec_mixed", "sasrec_bce_single", "sasrec_bce_mixed"]
+
+
+def test_sasrec_bce_section_is_the_public_recipe_and_a_yaml_changes_only_what_it_sets() -> None:
+    ev = DatasetConfig.model_validate({"name": "t", **TINY_YAML, "evaluation": {"sasrec_bce": {"max_epochs": 20}}}).evaluation
+    bce = ev.sasrec_bce
+    assert (bce.loss, bce.train_negatives, bce.item_bias, bce.lr, bce.batch_size) == ("bce", None, False, 1e-3, 128)
+    assert (bce.max_epochs, bce.eval_every, bce.patience) == (20, 5, 5)
+    assert (bce.d, bce.n_layers, bce.n_heads, bce.max_len, bce.dropout) == (64, 2, 1, 50, 0.2)
+    assert ev.sasrec_run("sasrec_bce_single") == ("single", bce)
+    assert ev.sasrec_run("sasrec_mixed") == ("mixed", ev.sasrec) and ev.sasrec.loss == "softmax"
+    with pytest.raises(ValidationError, match="train_negatives"):
+        DatasetConfig.model_validate({"name": "t", **TINY_YAML, "evaluation": {"sasrec_bce": {"train_negatives": 100}}})
 
 
 def test_amazon_source_requires_files(tmp_path: Path) -> None:
     content = {"source": {"format": "amazon", "path": "x", "amazon_version": 2018}, "domains": {"A": "a", "B": "b"}}
     with pytest.raises(ConfigError, match="files"):
         load_dataset_config(write_dataset_yaml(tmp_path, "amz", content))
+
+
+def test_user_sample_moved_from_llm_to_pseudo_overlap(tmp_path: Path) -> None:
+    path = write_dataset_yaml(tmp_path, "old", {**TINY_YAML, "llm": {"max_users": 500}})
+    with pytest.raises(ConfigError, match=r"'max_users' is now 'pseudo_overlap\.max_users'"):
+        load_dataset_config(path)
+    with pytest.raises(ConfigError, match=r"pseudo_overlap\.source"):
+        load_dataset_config(write_dataset_yaml(tmp_path, "bad", {**TINY_YAML, "pseudo_overlap": {"source": "gpt"}}))
+
+
+def test_prompt_asks_for_n_k_items_with_a_cap_that_fits_them() -> None:
+    cfg = DatasetConfig.model_validate({"name": "t", **TINY_YAML, "llm": {}, "grounding": {"n_k": 10}})
+    llm = cfg.llm.resolved(cfg.grounding.n_k)
+    assert (llm.n_descriptions, llm.generation.max_new_tokens) == (10, 32 + 32 * 10)
+    explicit = cfg.llm.model_copy(update={"n_descriptions": 4}).resolved(10)
+    assert (explicit.n_descriptions, explicit.generation.max_new_tokens) == (4, 32 + 32 * 4)
+    assert DatasetConfig.model_validate({"name": "t", **TINY_YAML}).llm.resolved(3).generation.max_new_tokens == 16
+
+
+def test_pseudo_source_and_n_k_reach_the_pseudo_stages_only() -> None:
+    base = DatasetConfig.model_validate({"name": "t", **TINY_YAML})
+
+    def changed(section: str, **values) -> set[str]:
+        edited = DatasetConfig.model_validate({"name": "t", **TINY_YAML, section: {**TINY_YAML.get(section, {}), **values}})
+        return {s for s in ("item_text_embeddings", "pseudo_texts", "grounded_items", "pseudo_overlap_sequences", "lgcd_model")
+                if edited.stage_hash(s) != base.stage_hash(s)}
+
+    pseudo = {"pseudo_texts", "grounded_items", "pseudo_overlap_sequences"}
+    assert changed("pseudo_overlap", source="collaborative") == pseudo
+    assert changed("pseudo_overlap", max_users=9) == pseudo
+    assert changed("grounding", n_k=5) == {"pseudo_texts", "grounded_items"}
+    assert changed("pseudo_overlap", seed=4) == {"pseudo_overlap_sequences"}

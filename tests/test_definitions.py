@@ -47,7 +47,10 @@ def test_dependencies_stay_within_a_dataset() -> None:
     for key in graph.get_all_asset_keys():
         assert all(parent.path[0] == "tiny" for parent in graph.get(key).parent_keys)
     evaluation = graph.get(next(k for k in graph.get_all_asset_keys() if k.path[1] == "evaluation"))
-    assert len(graph.get_ancestor_asset_keys(evaluation.key)) == len(STAGES) - 1
+    assert len(graph.get_ancestor_asset_keys(evaluation.key)) == len(STAGES) - 2  # all but itself and recommendations
+    recommendations = graph.get(dg.AssetKey(["tiny", "recommendations"]))
+    ancestors = {key.path[1] for key in graph.get_ancestor_asset_keys(recommendations.key)}
+    assert "lgcd_model" in ancestors and not ancestors & {"evaluation", "baselines"}  # serving never waits for scores
 
 
 def test_the_graph_is_the_registry() -> None:

@@ -67,3 +67,59 @@ def test_last_step_returns_x0_prediction_and_step_noise():
     noisy = s.step(x0_hat, xt, 50, noise=torch.ones(3, 4))
     assert torch.allclose(noisy - s.posterior_mean(x0_hat, xt, 50),
                           torch.full((3, 4), s.posterior_variance(50, xt).sqrt().item()), atol=1e-6)
+
+
+# ---- the few-step sampler (DDIM) ----------------------------------------------------------------
+
+
+def test_timesteps_are_evenly_spaced_from_t_start_to_zero():
+    s = DiffusionSchedule(T=100)
+    assert s.timesteps(50, 5) == [50, 40, 30, 20, 10, 0]
+    assert s.timesteps(50, 3) == [50, 33, 17, 0]  # 33.3 and 16.7 rounded
+    assert s.timesteps(30, 1) == [30, 0]
+    for full in (None, 0, 30, 100):  # null/0, or at least t_start: every step
+        assert s.timesteps(30, full) == list(range(30, -1, -1))
+    for t_start in (1, 7, 30, 100):
+        for steps in range(1, t_start + 1):
+            ts = s.timesteps(t_start, steps)
+            assert ts[0] == t_start and ts[-1] == 0 and len(ts) == steps + 1
+            gaps = [a - b for a, b in zip(ts, ts[1:])]
+            assert min(gaps) >= 1 and max(gaps) - min(gaps) <= 1  # strictly decreasing, even up to rounding
+
+
+def test_ddim_with_a_perfect_x0_predictor_is_exact():
+    """From x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε, a perfect x̂0 = x0 gives ε̂ = ε, so every jump lands on x_s with the same ε."""
+    s = DiffusionSchedule(T=100)
+    x0, eps = torch.randn(4, 8, dtype=torch.float64), torch.randn(4, 8, dtype=torch.float64)
+    for t in (1, 3, 30, 50, 100):
+        x_t = s.add_noise(x0, eps, t)
+        assert torch.allclose(s.ddim_step(x0, x_t, t, 0), x0, atol=1e-12)  # one jump to 0: x0 exactly
+        for prev in (0, t // 2, t - 1):
+            if prev < t:
+                assert torch.allclose(s.ddim_step(x0, x_t, t, prev), s.add_noise(x0, eps, prev), atol=1e-10)
+    with pytest.raises(ValueError):
+        s.ddim_step(x0, x0, 10, 10)
+
+
+def test_ddim_eta_one_single_steps_are_eq20_and_the_existing_chain_is_not_ddim_eta_zero():
+    """η = 1, s = t-1: DDIM's mean is eq. 20's posterior mean and σ² is Σ_t, so the existing chain (every
+    step, posterior mean, no Σ_t noise) is DDIM η = 1 without its noise; DDIM η = 0 on every step differs."""
+    s = DiffusionSchedule(T=100)
+    x0_hat, x_t = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+    noise = torch.randn(5, 6, dtype=torch.float64)
+    for t in (2, 30, 100):
+        assert torch.allclose(s.ddim_step(x0_hat, x_t, t, t - 1, eta=1.0), s.posterior_mean(x0_hat, x_t, t), atol=1e-10)
+        assert torch.allclose(s.ddim_step(x0_hat, x_t, t, t - 1, eta=1.0, noise=noise), s.step(x0_hat, x_t, t, noise),
+                              atol=1e-10)
+    x0_fn = lambda x, t: 0.5 * x + 0.01 * t  # noqa: E731 (any x0 predictor)
+    start = torch.randn(3, 4, dtype=torch.float64)
+    chains = {}
+    for name, jump in (("eq20", lambda x, t, prev: s.step(x0_fn(x, t), x, t)),
+                       ("ddim_eta1_mean", lambda x, t, prev: s.ddim_step(x0_fn(x, t), x, t, prev, eta=1.0)),
+                       ("ddim_eta0", lambda x, t, prev: s.ddim_step(x0_fn(x, t), x, t, prev))):
+        x, ts = start, s.timesteps(30, 30)
+        for t, prev in zip(ts, ts[1:]):
+            x = jump(x, t, prev)
+        chains[name] = x
+    assert torch.allclose(chains["eq20"], chains["ddim_eta1_mean"], atol=1e-10)
+    assert not torch.allclose(chains["eq20"], chains["ddim_eta0"], atol=1e-3)

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pytest
 
 from lgcd_core.language.generation_cache import GenerationCache, cache_key
-from lgcd_core.language.pseudo_text import generate_pseudo_texts
+from lgcd_core.language.pseudo_text import SCHEMA, generate_pseudo_texts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,9 +40,10 @@ def tables():
     return pa.Table.from_pylist(items), pa.Table.from_pylist(seqs)
 
 
-def config(**llm):
+def config(pseudo_overlap=None, grounding=None, **llm):
     return DatasetConfig.model_validate({"name": "t", "source": {"format": "synthetic", "path": "x"},
-                                         "domains": {"A": "Food", "B": "Kitchen"}, "llm": {"batch_size": 2, **llm}})
+                                         "domains": {"A": "Food", "B": "Kitchen"}, "llm": {"batch_size": 2, **llm},
+                                         "pseudo_overlap": pseudo_overlap or {}, "grounding": grounding or {}})
 
 
 class FakeBackend:
@@ -108,7 +109,8 @@ def test_rerun_generates_nothing_and_keeps_unusable_answers(tmp_path, job):
     items, seqs = job.tables()
     backend = job.FakeBackend()
     table, stats = generate_pseudo_texts(job.config(), items, seqs, tmp_path, "cpu", log=lambda m: None, backend=backend)
-    assert table.column_names == ["user_idx", "source_domain", "target_domain", "prompt", "answer", "descriptions", "usable", "cache_key"]
+    assert table.column_names == ["user_idx", "source_domain", "target_domain", "prompt", "answer", "descriptions", "usable",
+                                  "cut", "cache_key"]
     assert table.num_rows == job.N_USERS and stats["generated"] == job.N_USERS and stats["cached"] == 0
     assert table.column("user_idx").to_pylist() == list(range(1, job.N_USERS + 1))
     row = table.slice(1, 1).to_pylist()[0]  # user 2 has item 3 in their history
@@ -126,7 +128,7 @@ def test_rerun_generates_nothing_and_keeps_unusable_answers(tmp_path, job):
 def test_max_users_sample_is_seeded_and_recorded(tmp_path, job):
     items, seqs = job.tables()
     def run(seed):
-        return generate_pseudo_texts(job.config(max_users=4, sample_seed=seed), items, seqs, tmp_path, "cpu",
+        return generate_pseudo_texts(job.config({"max_users": 4, "sample_seed": seed}), items, seqs, tmp_path, "cpu",
                                      log=lambda m: None, backend=job.FakeBackend())
 
     (a, stats), (b, _), (c, _) = run(1), run(1), run(2)
@@ -180,3 +182,51 @@ def test_answer_key_is_independent_of_the_user(tmp_path, job):
                                          "cpu", log=lambda m: None, backend=backend)
     keys = table.column("cache_key").to_pylist()
     assert keys[0] == keys[1] and len(backend.calls) == job.N_USERS - 1 and stats["generated"] == job.N_USERS - 1
+
+
+class CappedBackend:
+    """Every answer is exactly at the token cap; user 1's list stops mid-item, the others run past n items."""
+
+    model_id = "capped"
+    settings = {"backend": "capped"}
+
+    def __init__(self, cap):
+        self.cap = cap
+
+    def stream(self, prompts, batch_size):
+        from lgcd_core.language.llm_backends import Answer
+
+        long = "\n".join(f"{i}. Kitchen gadget {i}" for i in range(1, 8))
+        yield [(i, Answer("1. Cast iron skillet\n2. Whisk\n3. Stand mix" if "number 1 " in p else long, self.cap))
+               for i, p in enumerate(prompts)]
+
+
+def test_answers_cut_by_the_token_cap_lose_their_unfinished_item_and_are_counted(tmp_path, job):
+    items, seqs = job.tables()
+    cfg = job.config(n_descriptions=5, generation={"max_new_tokens": 20})
+    table, stats = generate_pseudo_texts(cfg, items, seqs, tmp_path, "cpu", log=lambda m: None, backend=CappedBackend(20))
+    rows = {r["user_idx"]: r for r in table.to_pylist()}
+    assert rows[1]["cut"] and rows[1]["descriptions"] == ["Cast iron skillet", "Whisk"]  # "Stand mix" was unfinished
+    assert not rows[2]["cut"] and len(rows[2]["descriptions"]) == 5  # went past 5 items: nothing lost
+    assert stats["cut"] == 1 and stats["cut_share"] == pytest.approx(1 / job.N_USERS, abs=1e-4)
+    assert stats["max_new_tokens"] == 20 and stats["n_descriptions"] == 5
+    fine, fine_stats = generate_pseudo_texts(cfg, items, seqs, tmp_path / "b", "cpu", log=lambda m: None, backend=job.FakeBackend())
+    assert fine_stats["cut"] == 0 and not any(fine.column("cut").to_pylist())  # 4 tokens, far below the cap
+
+
+def test_prompt_asks_for_n_k_items_and_the_cap_fits_them(tmp_path, job):
+    items, seqs = job.tables()
+    table, stats = generate_pseudo_texts(job.config(grounding={"n_k": 7}), items, seqs, tmp_path, "cpu",
+                                         log=lambda m: None, backend=job.FakeBackend())
+    assert "Suggest 7 different Kitchen products" in table.column("prompt")[0].as_py()
+    assert stats["n_descriptions"] == 7 and stats["max_new_tokens"] == 32 + 32 * 7 and stats["source"] == "llm"
+
+
+@pytest.mark.parametrize("source", ["text", "collaborative"])
+def test_llm_free_sources_generate_nothing(tmp_path, job, source):
+    items, seqs = job.tables()
+    backend = job.FakeBackend()
+    table, stats = generate_pseudo_texts(job.config({"source": source}), items, seqs, tmp_path, "cpu",
+                                         log=lambda m: None, backend=backend)
+    assert table.num_rows == 0 and table.schema == SCHEMA and backend.calls == []
+    assert stats["source"] == source and stats["n_users"] == 0

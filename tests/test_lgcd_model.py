@@ -124,15 +124,135 @@ def test_losses_finite_for_every_ablation(toy, off):
     assert all(p.grad is None for p in model.enc.parameters())  # frozen encoders
 
 
-def test_scores_do_not_depend_on_batch_size(toy):
+@pytest.mark.parametrize("updates", [{}, {"diffusion.sampler_steps": None}, {"diffusion.inference_draws": 3}])
+def test_scores_do_not_depend_on_batch_size_or_composition(toy, updates):
+    """With the noised start on: a user's ε is seeded by their own history, not by the batch."""
     data, index = toy
-    model = _model(index, data).eval()
+    model = _model(index, data, updates).eval()
     src = torch.tensor([[0, 0, 1, 2], [3, 4, 5, 6], [0, 0, 0, 0], [0, 0, 0, 7]])
     with torch.no_grad():
         full = model.scores("AB", src)
         rows = torch.cat([model.scores("AB", src[i:i + 1]) for i in range(4)])
-    assert torch.allclose(full, rows, atol=1e-5)
+        reordered = model.scores("AB", src[[3, 1, 0, 2]])[[2, 1, 3, 0]]
+        others = torch.tensor([[8, 9, 10, 11], [0, 2, 1, 3]])
+        mixed = model.scores("AB", torch.cat([others, src]))[2:]
+        padded = model.scores("AB", torch.cat([torch.zeros(4, 3, dtype=torch.long), src], 1))  # more left padding
+    for other_batch in (rows, reordered, mixed, padded):
+        assert torch.allclose(full, other_batch, atol=1e-5)
     assert torch.isfinite(full[:, 1:]).all() and full.shape == (4, index.n_domain("B") + 1)
+    assert not torch.allclose(full[0], full[3])  # different users, different scores
+
+
+# ---- the noised warm start and the sampler (eq. 18-20) -------------------------------------------
+
+
+def test_warm_start_is_on_the_training_distribution_at_t_start(toy):
+    """x_{t_s} = √ᾱ g + √(1-ᾱ) ε with ε ~ N(0, I): with a right guess (x0 itself), its norm matches the
+    denoiser's training inputs at t_s on average; the old ε = 0 start had norm √ᾱ‖x0‖, far below."""
+    data, index = toy
+    model = _model(index, data, {"diffusion.T": 100, "diffusion.lambda_B": 0.5}).eval()  # ᾱ_50 = 0.62
+    gen = torch.Generator().manual_seed(3)
+    src = torch.randint(1, index.n_domain("A") + 1, (2000, 6), generator=gen)
+    x0 = 0.5 * torch.randn(2000, model.d, generator=gen)
+    with torch.no_grad():
+        sel = model._select("AB", src, torch.arange(6).expand(2000, 6), torch.full((2000, 1), 99),
+                            torch.ones(2000, 1, dtype=torch.bool), torch.zeros(2000, dtype=torch.bool))
+        noise = model.inference_noise("AB", src)
+        start = model._start(sel.head, sel.h_cond, "B", False, noise, x0, torch.ones(2000, dtype=torch.bool))
+    t_s = model.schedule.start_step(model.lam("B"))
+    assert start.t_start == t_s and start.x_start.shape == (1, 2000, model.d)
+    ab = model.schedule.alpha_bars[t_s].item()
+    train_inputs = model.schedule.add_noise(x0, torch.randn(x0.shape, generator=gen), t_s)
+    norm_start, norm_train = start.x_start[0].norm(dim=1).mean(), train_inputs.norm(dim=1).mean()
+    assert norm_start == pytest.approx(norm_train.item(), rel=0.03)
+    assert ab ** 0.5 * x0.norm(dim=1).mean() < 0.7 * norm_train  # what ε = 0 gave
+    eps = (start.x_start[0] - ab ** 0.5 * x0) / (1 - ab) ** 0.5  # the drawn ε: standard normal
+    assert abs(eps.mean()) < 0.02 and eps.var().item() == pytest.approx(1.0, abs=0.03)
+
+
+def test_training_reverse_starts_from_the_noised_guess(toy, monkeypatch):
+    """L_rec and L_align see the same start distribution as inference: the detached guess plus √(1-ᾱ) ε."""
+    data, index = toy
+    model = _model(index, data).train()
+    seen = {}
+    reverse = LGCDModel.reverse
+
+    def spy(self, head, x_start, t_start, *args, **kwargs):
+        seen["x_start"], seen["t_start"], seen["guess"] = x_start, t_start, head.guesser(seen["h_cond"]).detach()
+        return reverse(self, head, x_start, t_start, *args, **kwargs)
+
+    select = LGCDModel._select
+
+    def spy_select(self, *args):
+        sel = select(self, *args)
+        seen["h_cond"] = sel.h_cond
+        return sel
+
+    monkeypatch.setattr(LGCDModel, "reverse", spy)
+    monkeypatch.setattr(LGCDModel, "_select", spy_select)
+    model("AB", _batch(data, index), torch.Generator().manual_seed(0))
+    ab = model.schedule.alpha_bars[seen["t_start"]].item()
+    eps = (seen["x_start"] - ab ** 0.5 * seen["guess"]) / (1 - ab) ** 0.5
+    assert seen["t_start"] == model.schedule.start_step(model.lam("B"))
+    assert abs(eps.mean()) < 0.1 and eps.var().item() == pytest.approx(1.0, abs=0.15)
+
+
+def test_same_seed_same_scores_and_draws_average(toy):
+    data, index = toy
+    src = torch.tensor([[0, 0, 1, 2], [3, 4, 5, 6], [0, 0, 0, 7]])
+    with torch.no_grad():
+        model = _model(index, data).eval()
+        one = model.scores("AB", src)
+        assert torch.equal(one, _model(index, data).eval().scores("AB", src))  # same seed: same scores
+        reseeded = _model(index, data, {"training.seed": 5}).eval()  # same weights, another noise seed
+        assert not torch.allclose(reseeded.scores("AB", src), one, atol=1e-5)
+        # S draws: the first draw is the S = 1 draw; the user vector is the mean over draws of h_final
+        inf = model.infer("AB", src, draws=3)
+        assert inf.h_rev.shape == (3, 3, model.d) and not torch.allclose(inf.h_rev[0], inf.h_rev[1])
+        assert torch.allclose(inf.h_rev[0], model.infer("AB", src).h_rev[0])
+        per_draw = torch.stack([model.fuse(inf, 3, inf.h_rev[i:i + 1]) for i in range(3)])
+        assert torch.allclose(model.fuse(inf, 3), per_draw.mean(0), atol=1e-6)
+        three = _model(index, data, {"diffusion.inference_draws": 3}).eval()
+        assert torch.allclose(three.user_vectors("AB", src), per_draw.mean(0), atol=1e-6)
+        assert not torch.allclose(three.scores("AB", src), one, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [None, 1, 3])
+def test_sampler_steps_set_the_denoiser_calls_in_training_and_inference(toy, steps):
+    data, index = toy
+    model = _model(index, data, {"diffusion.sampler_steps": steps})
+    t_s = model.schedule.start_step(model.lam("B"))  # T = 10, λ_B = 0.3: 3
+    expected = t_s if steps is None else min(steps, t_s)
+    assert model.denoiser_calls("B") == expected
+    calls = []
+    model.heads["AB"].denoiser.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        model.eval().scores("AB", torch.tensor([[1, 2, 3]]))
+    assert len(calls) == expected
+    calls.clear()
+    model.train()("AB", _batch(data, index), torch.Generator().manual_seed(0))
+    assert len(calls) == expected + 1  # the reverse chain, and L_diff's one call
+
+
+def test_ddim_sampler_changes_the_chain_and_one_step_returns_the_first_prediction(toy):
+    data, index = toy
+    src = torch.tensor([[0, 0, 1, 2], [3, 4, 5, 6]])
+    with torch.no_grad():
+        full = _model(index, data, {"diffusion.sampler_steps": None, "diffusion.lambda_B": 0.5}).eval()
+        ddim = _model(index, data, {"diffusion.sampler_steps": 2, "diffusion.lambda_B": 0.5}).eval()
+        one = _model(index, data, {"diffusion.sampler_steps": 1, "diffusion.lambda_B": 0.5}).eval()
+        assert not torch.allclose(full.scores("AB", src), ddim.scores("AB", src), atol=1e-5)
+        inf = one.infer("AB", src)
+        sel = one._select("AB", src, torch.where(src != 0, torch.arange(4), NEVER), torch.full((2, 1), NEVER + 1),
+                          torch.ones(2, 1, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
+        start = one._start(sel.head, sel.h_cond, "B", False, one.inference_noise("AB", src))
+        x0_hat = sel.head.denoiser(start.x_start[0], start.t_start, sel.k, sel.v, sel.allowed)
+        assert torch.allclose(inf.h_rev[0], x0_hat, atol=1e-6)  # one jump t_s -> 0 returns x̂0
+
+
+def test_reverse_noise_switch_was_removed():
+    with pytest.raises(ValueError, match="reverse_noise' was removed"):
+        LGCDConfig.model_validate({"interpretation": {"reverse_noise": False}})
 
 
 # ---- interpretation switches and loss weights: what each one changes ----------------------------
@@ -178,20 +298,6 @@ def test_align_on_chooses_the_rows_of_l_align(toy):
     # the same h_rev and h_cond in every run: 'both' is the row-weighted mean of the two others
     both = (n_pseudo * align["pseudo"] + n_overlap * align["overlap"]) / (n_pseudo + n_overlap)
     assert align["both"] == pytest.approx(both, rel=1e-5)
-
-
-def test_reverse_noise_draws_the_warm_start_noise(toy):
-    data, index = toy
-    plain, _ = _losses(data, index)
-    noisy, _ = _losses(data, index, {"interpretation.reverse_noise": True})
-    # ε is drawn after L_diff's t and noise: L_diff is unchanged, the reverse chain (L_align, L_rec) is not
-    assert noisy["diff"] == plain["diff"] and noisy["guess"] == plain["guess"]
-    assert noisy["align"] != plain["align"] and noisy["rec"] != plain["rec"]
-    src = torch.tensor([[0, 0, 1, 2], [3, 4, 5, 6]])
-    with torch.no_grad():
-        for updates, same in (({}, True), ({"interpretation.reverse_noise": True}, False)):
-            model = _model(index, data, updates).eval()
-            assert torch.equal(model.scores("AB", src), model.scores("AB", src)) is same
 
 
 def test_loss_weights_scale_their_terms(toy):

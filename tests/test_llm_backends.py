@@ -14,7 +14,7 @@ import pytest
 
 from lgcd_core.config import DatasetConfig, GenerationConfig, HttpBackendConfig
 from lgcd_core.language.generation_cache import GenerationCache
-from lgcd_core.language.llm_backends import HttpBackend, resolve_llm
+from lgcd_core.language.llm_backends import HttpBackend, complete_list_criteria, resolve_llm
 from lgcd_core.language.pseudo_text import GenerationError, generate_pseudo_texts
 
 
@@ -31,6 +31,24 @@ def test_http_payload_and_url():
     assert body["messages"] == [{"role": "user", "content": "hi"}] and body["max_tokens"] == 9 and body["temperature"] == 0.0
     sampled = HttpBackend(HttpBackendConfig(base_url="http://h:1", model="m"), GenerationConfig(do_sample=True, temperature=0.5))
     assert sampled.url == "http://h:1/v1/chat/completions" and sampled.payload("x")["temperature"] == 0.5
+    assert sampled.payload("x")["max_tokens"] == 32 + 32 * 10  # a null cap fits the paper's n_K = 10 items
+    assert HttpBackend(HttpBackendConfig(base_url="http://h:1", model="m"), GenerationConfig(), 3).max_new_tokens == 32 + 32 * 3
+
+
+def test_generation_stops_once_a_row_has_its_n_complete_items():
+    import torch
+
+    vocab = {0: "Sure:", 1: "1. Wok", 2: "\n", 3: "2. Ladle", 4: "3. Tongs"}
+
+    class Tokenizer:
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join(vocab[int(i)] for i in ids)
+
+    stop = complete_list_criteria(Tokenizer(), 1, 2)  # prompt = 1 token, n = 2 items
+    ids = torch.tensor([[0, 1, 2, 3, 2],   # two finished lines: done
+                        [0, 0, 2, 1, 2],   # a preamble and one item: not yet
+                        [0, 1, 2, 2, 3]])  # the second item is still being written: not yet
+    assert stop(ids, None).tolist() == [True, False, False]
 
 
 # --------------------------------------------------------------------------------------------

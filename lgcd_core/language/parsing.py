@@ -13,6 +13,10 @@ Rules, in order:
    (case and punctuation ignored), or repeats one of ``exclude`` (e.g. the user's own history).
 
 An answer with no description left is unusable; the caller records it, never drops it.
+
+An answer that reached the generation cap (``max_new_tokens``) stops mid-item: :func:`drop_unfinished`
+drops its last description and marks it ``cut``; :func:`count_complete_items` lets generation stop
+as soon as the list is complete.
 """
 
 from __future__ import annotations
@@ -90,3 +94,20 @@ def parse_descriptions(answer: str, max_items: int | None = None, exclude: Itera
         if max_items is not None and len(out) >= max_items:
             break
     return out
+
+
+def count_complete_items(text: str) -> int:
+    """Descriptions in the finished lines of an answer being generated (the text up to its last newline)."""
+    end = text.rfind("\n")
+    return len(parse_descriptions(text[:end])) if end >= 0 else 0
+
+
+def drop_unfinished(descriptions: list[str], hit_cap: bool, n_items: int) -> tuple[list[str], bool]:
+    """``(descriptions, cut)`` of an answer; ``hit_cap``: generation stopped at the token cap.
+
+    An answer that hit the cap before ``n_items`` complete items was cut mid-item: its last
+    description is unfinished and dropped. One that went on past ``n_items`` items lost nothing.
+    """
+    if hit_cap and len(descriptions) <= n_items:
+        return descriptions[:-1], True
+    return descriptions[:n_items], False

@@ -1,10 +1,20 @@
 """The ``pseudo_texts`` stage: one LLM answer per single-domain user (paper eq. 4).
 
-For each A-only (B-only) user, the prompt lists the text of their most recent ``history_items``
-source items and asks for ``n_descriptions`` target-domain items. Answers come from the generation
-cache when present; the rest are generated shortest prompt first (so batches pad little) and saved
-after every batch, so a killed run resumes where it stopped. Each answer is parsed into item
-descriptions; an answer with none is kept with ``usable=False``.
+For each A-only (B-only) user of the pseudo-user sample (``pseudo_overlap.max_users``), the prompt
+lists the text of their most recent ``history_items`` source items and asks for ``n_descriptions``
+target-domain items (null: ``grounding.n_k``, the n_K of eq. 4-6, so grounding gets as many
+descriptions as items it keeps). Answers come from the generation cache when present; the rest are
+generated shortest prompt first (so batches pad little) and saved after every batch, so a killed run
+resumes where it stopped. Each answer is parsed into item descriptions; an answer with none is kept
+with ``usable=False``.
+
+The token cap (``generation.max_new_tokens``; null: sized for n items, ``LLMConfig.resolved``) is
+meant never to bind: the transformers backend stops an answer once its list is complete. An answer
+that still reaches the cap before n complete items is ``cut``: its unfinished last item is dropped,
+and ``cut_share`` in the stats says how often that happened.
+
+When ``pseudo_overlap.source`` is not ``llm`` the stage generates nothing and writes an empty table
+(the LLM-free sources are grounded by ``grounded_items`` directly).
 
 A request that still fails after the backend's retries is never cached. With ``llm.on_failure:
 raise`` (default) the stage raises :class:`GenerationError` once every other answer is saved, so a
@@ -21,13 +31,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lgcd_core.config import DatasetConfig
+from lgcd_core.config import DatasetConfig, LLMConfig
 from lgcd_core.language.generation_cache import GenerationCache, cache_key
 from lgcd_core.language.llm_backends import Answer, LLMBackend, make_backend
-from lgcd_core.language.parsing import parse_descriptions
+from lgcd_core.language.parsing import drop_unfinished, parse_descriptions
 from lgcd_core.language.prompts import display_text, load_template, render_prompt
-
-SINGLE_DOMAIN = {"A-only": ("A", "B"), "B-only": ("B", "A")}
+from lgcd_core.language.pseudo_sources import SINGLE_DOMAIN, SOURCE_LABELS, select_users
 
 SCHEMA = pa.schema([
     ("user_idx", pa.int32()),
@@ -37,6 +46,7 @@ SCHEMA = pa.schema([
     ("answer", pa.string()),
     ("descriptions", pa.list_(pa.string())),
     ("usable", pa.bool_()),
+    ("cut", pa.bool_()),  # the answer reached the token cap before its list was complete (last item dropped)
     ("cache_key", pa.string()),
 ])
 
@@ -55,18 +65,10 @@ class PromptRequest:
     key: str
 
 
-def select_users(sequences: pa.Table, max_users: int | None, seed: int) -> list[dict]:
-    """Single-domain users (rows of ``sequences``), all of them or a seeded sample of ``max_users``."""
-    rows = [r for r in sequences.select(["user_idx", "user_type", "items"]).to_pylist() if r["user_type"] in SINGLE_DOMAIN]
-    if max_users is not None and max_users < len(rows):
-        chosen = np.random.default_rng(seed).choice(len(rows), size=max_users, replace=False)
-        rows = [rows[i] for i in sorted(chosen)]
-    return rows
-
-
-def build_requests(cfg: DatasetConfig, items: pa.Table, users: list[dict], backend: LLMBackend) -> list[PromptRequest]:
-    """One rendered prompt (and its cache key) per user."""
-    llm = cfg.llm
+def build_requests(cfg: DatasetConfig, items: pa.Table, users: list[dict], backend: LLMBackend,
+                   llm: LLMConfig | None = None) -> list[PromptRequest]:
+    """One rendered prompt (and its cache key) per user; ``llm``: the resolved LLM config (default: from ``cfg``)."""
+    llm = llm or cfg.llm.resolved(cfg.grounding.n_k)
     texts = items.column("text").to_pylist()
     domains = items.column("domain").to_pylist()
     templates = {"A": load_template(llm.template_a_to_b, "a_to_b"), "B": load_template(llm.template_b_to_a, "b_to_a")}
@@ -115,16 +117,22 @@ def generate_missing(
     return failures, timing
 
 
-def assemble(requests: list[PromptRequest], cache: GenerationCache, n_descriptions: int) -> pa.Table:
-    """The ``pseudo_texts`` table, one row per request; failed requests have an empty answer and usable=False."""
+def assemble(requests: list[PromptRequest], cache: GenerationCache, n_descriptions: int,
+             max_new_tokens: int | None = None) -> pa.Table:
+    """The ``pseudo_texts`` table, one row per request; failed requests have an empty answer and usable=False.
+
+    An answer of ``max_new_tokens`` tokens or more reached the cap (see ``parsing.drop_unfinished``).
+    """
     rows = []
     for r in sorted(requests, key=lambda r: r.user_idx):
         record = cache.get(r.key)
         answer = record["answer"] if record is not None else ""
-        descriptions = parse_descriptions(answer, n_descriptions, exclude=r.history) if record is not None else []
+        descriptions = parse_descriptions(answer, exclude=r.history) if record is not None else []
+        hit_cap = record is not None and max_new_tokens is not None and record.get("n_tokens", 0) >= max_new_tokens
+        descriptions, cut = drop_unfinished(descriptions, hit_cap, n_descriptions)
         rows.append({"user_idx": r.user_idx, "source_domain": r.source_domain, "target_domain": r.target_domain,
                      "prompt": r.prompt, "answer": answer, "descriptions": descriptions,
-                     "usable": bool(descriptions), "cache_key": r.key})
+                     "usable": bool(descriptions), "cut": cut, "cache_key": r.key})
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
@@ -133,12 +141,17 @@ def generate_pseudo_texts(
     log: Callable[[str], None] = print, *, backend: LLMBackend | None = None,
 ) -> tuple[pa.Table, dict]:
     """Run the stage; ``backend`` overrides the one named in the YAML (tests, benchmarks)."""
-    llm = cfg.llm
+    po = cfg.pseudo_overlap
     n_single = sum(t in SINGLE_DOMAIN for t in sequences.column("user_type").to_pylist())
-    users = select_users(sequences, llm.max_users, llm.sample_seed)
+    if po.source != "llm":
+        log(f"pseudo_texts: pseudo_overlap.source is {po.source!r}: no LLM answers needed, writing an empty table")
+        return SCHEMA.empty_table(), {"source": po.source, "source_label": SOURCE_LABELS[po.source], "n_users": 0,
+                                      "n_single_domain_users": n_single}
+    llm = cfg.llm.resolved(cfg.grounding.n_k)
+    users = select_users(sequences, po.max_users, po.sample_seed)
     cache = GenerationCache(Path(cache_dir))
     backend = backend or make_backend(llm, device)
-    requests = build_requests(cfg, items, users, backend)
+    requests = build_requests(cfg, items, users, backend, llm)
     unique = {r.key for r in requests}
     cached = sum(key in cache for key in unique)
     log(f"pseudo_texts: {len(requests)} users ({n_single} single-domain), {cached}/{len(unique)} answers cached")
@@ -147,12 +160,18 @@ def generate_pseudo_texts(
         first = next(iter(failures.values())).error
         raise GenerationError(f"{len(failures)} of {len(unique)} requests failed after retries (first: {first}); "
                               f"{len(cache)} answers are saved in {cache_dir}: re-run to retry only the failed ones")
-    table = assemble(requests, cache, llm.n_descriptions)
+    cap = llm.generation.max_new_tokens
+    table = assemble(requests, cache, llm.n_descriptions, cap)
     unusable = len(table) - sum(table.column("usable").to_pylist())
+    cut = sum(table.column("cut").to_pylist())
     stats = {
-        "n_users": len(requests), "n_single_domain_users": n_single, "max_users": llm.max_users,
-        "sample_seed": llm.sample_seed, "cached": cached, **timing,
+        "source": "llm", "source_label": SOURCE_LABELS["llm"],
+        "n_users": len(requests), "n_single_domain_users": n_single, "max_users": po.max_users,
+        "sample_seed": po.sample_seed, "cached": cached, **timing,
+        "n_descriptions": llm.n_descriptions, "max_new_tokens": cap,
         "unusable": unusable, "unusable_share": round(unusable / len(table), 4) if len(table) else 0.0,
+        "cut": cut, "cut_share": round(cut / len(table), 4) if len(table) else 0.0,
+        "avg_descriptions": round(float(np.mean([len(d) for d in table.column("descriptions").to_pylist()])), 3) if len(table) else 0.0,
         "backend": llm.backend, "model": backend.model_id,
     }
     return table, stats

@@ -3,9 +3,11 @@
 All padding happens here, once, when a dataset is built (a Python loop over users is fine at that
 point); a training step only index-selects rows of pre-built tensors.
 
-Conventions: local ids ``1..n_D`` per domain, 0 = padding. Two alignments, one place:
-:func:`pad_left` right-aligns rows (left padding; the encoders and LGCD, so the last column is the last
-item), :func:`pad_right` left-aligns them (right padding; the SASRec baselines, on purpose).
+Conventions: local ids ``1..n_D`` per domain, 0 = padding. One alignment: :func:`pad_left` right-aligns
+rows (left padding), so the last column is the last item, as the right-aligned positions of
+:class:`~lgcd_core.model.sasrec.SequenceTransformer` expect: an item's position counts from the end of
+its row and does not depend on the other rows of a batch. :func:`trim_left` then drops the columns
+that are padding in every row (batch-local width, same outputs).
 """
 
 from __future__ import annotations
@@ -98,15 +100,6 @@ def pad_left(rows: list[np.ndarray] | list[list[int]], length: int, fill: int = 
         if len(tail):
             out[i, length - len(tail):] = tail
     return torch.from_numpy(out)
-
-
-def pad_right(sequences: list[list[int]], max_len: int) -> torch.Tensor:
-    """Left-align the last ``max_len`` items of each sequence: (B, width) int64, width = longest (>= 1)."""
-    tails = [s[-max_len:] for s in sequences]
-    out = torch.zeros(len(tails), max(1, max((len(t) for t in tails), default=1)), dtype=torch.long)
-    for row, tail in enumerate(tails):
-        out[row, : len(tail)] = torch.as_tensor(tail, dtype=torch.long)
-    return out
 
 
 def trim_left(*tensors: torch.Tensor, pad_value: int = 0) -> tuple[torch.Tensor, ...]:

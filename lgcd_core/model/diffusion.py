@@ -2,8 +2,10 @@
 
 A small object holding the schedule tensors with explicit methods:
 ``add_noise``/``q_sample`` (eq. 11), ``posterior_mean`` (eq. 20), ``posterior_variance`` (Σ_t of
-eq. 19) and ``step`` (one reverse step from an x0 prediction). Timesteps are 1-based, ``t = 1..T``;
-index 0 holds the conventions ``alpha_bar_0 = 1`` so that ``t - 1`` can be looked up directly.
+eq. 19), ``step`` (one reverse step of eq. 19-20 from an x0 prediction), and the few-step sampler:
+``timesteps`` (the evenly spaced sub-sequence t_start -> 0) and ``ddim_step`` (DDIM's jump t -> s < t).
+Timesteps are 1-based, ``t = 1..T``; index 0 holds the conventions ``alpha_bar_0 = 1`` so that
+``t - 1`` can be looked up directly, and a jump to s = 0 returns the x0 prediction.
 
 Schedule choice (notes: "线性递增 noise schedule β_t ∈ [√β_min, √β_max]"): ``sqrt_linear`` spaces
 √β_t linearly between √β_min and √β_max and squares it, so β runs from β_min = 1e-4 to β_max = 0.1
@@ -75,3 +77,34 @@ class DiffusionSchedule:
         if noise is None or t <= 1:
             return mean
         return mean + self.posterior_variance(t, x_t).sqrt() * noise
+
+    @staticmethod
+    def timesteps(t_start: int, steps: int | None = None) -> list[int]:
+        """The reverse trajectory ``[t_start, ..., 0]``: ``steps`` jumps evenly spaced (rounded to integers).
+
+        ``steps`` None or 0, or at least ``t_start``: every step ``t_start, t_start - 1, ..., 0``.
+        Consecutive pairs (t, s) are the jumps; the last one lands on 0 (the x0 prediction).
+        """
+        if not steps or steps >= t_start:
+            return list(range(t_start, -1, -1))
+        # round(t_start (steps - i) / steps) in integers (half up): distinct since the spacing is >= 1
+        return [(2 * t_start * (steps - i) + steps) // (2 * steps) for i in range(steps + 1)]
+
+    def ddim_step(self, x0_hat: torch.Tensor, x_t: torch.Tensor, t: int, s: int, eta: float = 0.0,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+        """DDIM's jump x_t -> x_s, s < t, from an x0 prediction (Song et al. 2021, eq. 12 and 16).
+
+        ε̂ = (x_t − √ᾱ_t x̂0) / √(1−ᾱ_t);  x_s = √ᾱ_s x̂0 + √(1−ᾱ_s−σ²) ε̂ + σ·noise, with
+        σ = η √((1−ᾱ_s)/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_s). η = 0 (our sampler) is deterministic given x_t; with
+        η = 1 and s = t−1 the mean is eq. 20's posterior mean and σ² is Σ_t, i.e. :meth:`step`.
+        s = 0 returns x̂0 (ᾱ_0 = 1).
+        """
+        if not 0 <= s < t <= self.T:
+            raise ValueError(f"need 0 <= s < t <= T={self.T}, got t={t}, s={s}")
+        ab_t, ab_s = float(self.alpha_bars[t]), float(self.alpha_bars[s])
+        eps_hat = (x_t - ab_t ** 0.5 * x0_hat) / (1.0 - ab_t) ** 0.5
+        var = eta ** 2 * (1.0 - ab_s) / (1.0 - ab_t) * (1.0 - ab_t / ab_s)
+        x_s = ab_s ** 0.5 * x0_hat + max(1.0 - ab_s - var, 0.0) ** 0.5 * eps_hat
+        if noise is not None and var > 0:
+            x_s = x_s + var ** 0.5 * noise
+        return x_s

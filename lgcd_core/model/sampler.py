@@ -1,13 +1,24 @@
-"""Cyclic minibatches: a fixed number of real overlap users in every batch (paper, cyclic batches).
+"""Cyclic minibatches (paper, cyclic batches): pseudo/single-domain rows plus a fixed number of overlap rows.
 
-An epoch is one pass over the pseudo-overlap rows, ``batch_size - overlap_per_batch`` per batch (the
-last batch may hold fewer); every batch, the last included, holds exactly ``overlap_per_batch``
-overlap rows, drawn by cycling through a shuffled order of the overlap rows that is reshuffled each
-time it is used up (the cycle carries over from epoch to epoch through ``state``). An epoch also
-covers the overlap rows at least once: when the pseudo rows are too few for that (no pseudo rows, or
-an LLM run capped to a sample of users), it continues with batches of ``batch_size`` overlap rows
-until as many overlap rows as there are have been drawn. Without this, a capped run's epoch would be
-a handful of batches and train on a sliver of the real overlap users. ``cyclic=False`` ('w/o cyclic
+The paper's layout: batches of single-domain users (batch size 128) with real overlap users fed in
+by a separate iterator, so every step has both. Here every batch (the last included) holds:
+
+- exactly ``m = overlap_per_batch`` overlap rows, drawn by cycling through a shuffled order of the
+  overlap rows that is reshuffled each time it is used up (the cycle carries over from epoch to epoch
+  through ``state``, so overlap rows are drawn evenly however epochs fall);
+- ``k = batch_size - m`` pseudo rows (all of them, ``k = P``, when there are fewer than that).
+
+An epoch is one pass over the P pseudo rows (a seeded permutation cut into batches of k; a last, short
+batch is filled up with rows of the same pass it does not hold, so every batch has exactly k and every
+pseudo row is drawn at least once an epoch). When that pass takes fewer batches than it takes to draw
+every overlap row once (``ceil(O / m)``: few pseudo rows, e.g. an LLM run capped to a sample of users),
+the epoch goes on to ``ceil(O / m)`` batches and the pseudo rows cycle, a fresh permutation per pass, so
+each of those batches still carries its k pseudo rows. Pseudo rows then repeat within an epoch: with
+P = 432 and 7,300 overlap rows (m = 32, k = 96), an epoch is 229 batches and each pseudo row is drawn
+about 51 times, each overlap row once.
+
+Without pseudo rows every batch is ``batch_size`` overlap rows and an epoch is one pass over them;
+without overlap rows every batch is ``batch_size`` pseudo rows. ``cyclic=False`` ('w/o cyclic
 batches') pools both kinds and cuts the shuffled pool into plain batches.
 
 Deterministic given (seed, epoch, state). ``rank``/``world_size`` shard the batches of an epoch for
@@ -29,6 +40,7 @@ class CyclicBatchSampler:
         self.m = min(overlap_per_batch, batch_size - 1) if len(self.pseudo) else batch_size
         if len(self.overlap) == 0:
             self.m = 0
+        self.k = min(batch_size - self.m, len(self.pseudo))  # pseudo rows per batch
         self.cyclic = cyclic
         self.seed = seed
         self.rank, self.world_size = rank, world_size
@@ -39,6 +51,14 @@ class CyclicBatchSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.state = dict(state)
+
+    def n_batches(self) -> int:
+        """Batches of one epoch (before sharding): one pass over the pseudo rows, at least one over the overlap rows."""
+        if not self.cyclic:
+            return -(-(len(self.overlap) + len(self.pseudo)) // self.batch_size)
+        pseudo_pass = -(-len(self.pseudo) // self.k) if self.k else 0
+        overlap_pass = -(-len(self.overlap) // self.m) if self.m else 0
+        return max(pseudo_pass, overlap_pass)
 
     def _cycle_order(self, cycle: int) -> np.ndarray:
         return np.random.default_rng([self.seed, 1, cycle]).permutation(self.overlap)
@@ -55,19 +75,32 @@ class CyclicBatchSampler:
                 self.state = {"cycle": self.state["cycle"] + 1, "offset": 0}
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
+    def _pseudo_pass(self, epoch: int, i: int) -> list[np.ndarray]:
+        """Pass ``i`` of ``epoch`` over the pseudo rows: batches of exactly k distinct rows, every row at least once."""
+        rng = np.random.default_rng([self.seed, 0, epoch, i])
+        order = rng.permutation(self.pseudo)
+        batches = [order[j:j + self.k] for j in range(0, len(order), self.k)]
+        short = self.k - len(batches[-1])
+        if short:  # fill the last batch with rows of this pass it does not hold
+            others = order[:len(order) - len(batches[-1])]
+            batches[-1] = np.concatenate([batches[-1], rng.choice(others, size=short, replace=False)])
+        return batches
+
     def epoch(self, epoch: int) -> list[np.ndarray]:
         """All batches of ``epoch`` for this rank (advances the overlap cycle state)."""
-        rng = np.random.default_rng([self.seed, 0, epoch])
         if not self.cyclic:
+            rng = np.random.default_rng([self.seed, 0, epoch])
             pool = rng.permutation(np.concatenate([self.overlap, self.pseudo]))
             batches = [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
         else:
-            per = self.batch_size - self.m
-            pseudo = rng.permutation(self.pseudo)
-            batches = [np.concatenate([self._take_overlap(self.m), pseudo[i:i + per]])
-                       for i in range(0, len(pseudo), max(per, 1))]
-            short = len(self.overlap) - self.m * len(batches)  # overlap rows this epoch has not drawn yet
-            batches += [self._take_overlap(self.batch_size) for _ in range(max(0, -(-short // self.batch_size)))]
+            n = self.n_batches()
+            pseudo: list[np.ndarray] = []
+            passes = 0
+            while self.k and len(pseudo) < n:
+                pseudo += self._pseudo_pass(epoch, passes)
+                passes += 1
+            empty = np.zeros(0, dtype=np.int64)
+            batches = [np.concatenate([self._take_overlap(self.m), pseudo[b] if self.k else empty]) for b in range(n)]
         if self.world_size > 1:
             usable = len(batches) - len(batches) % self.world_size or len(batches)
             batches = batches[self.rank:usable:self.world_size]

@@ -63,8 +63,13 @@ def load_encoder_scorer(encoders_dir: Path, embeddings: np.ndarray, items: pa.Ta
     return score
 
 
-def load_lgcd_model(model_dir: Path, encoders_dir: Path, embeddings: np.ndarray, items: pa.Table, device: str):
-    """Rebuild a trained :class:`LGCDModel` (eval mode) and its item index."""
+def load_lgcd_model(model_dir: Path, encoders_dir: Path, embeddings: np.ndarray, items: pa.Table, device: str,
+                    updates: dict | None = None):
+    """Rebuild a trained :class:`LGCDModel` (eval mode) and its item index.
+
+    ``updates``: dotted LGCD fields that change how it is run, not its weights (e.g.
+    ``{"diffusion.sampler_steps": 5, "diffusion.inference_draws": 4}``).
+    """
     from safetensors.torch import load_file
 
     from lgcd_core.config import LGCDConfig
@@ -73,7 +78,7 @@ def load_lgcd_model(model_dir: Path, encoders_dir: Path, embeddings: np.ndarray,
     device = resolve_device(device)
     index = ItemIndex.from_table(items)
     meta = json.loads((Path(model_dir) / LGCD_MODEL.meta).read_text())
-    cfg = LGCDConfig.model_validate(meta["lgcd"])
+    cfg = LGCDConfig.model_validate(meta["lgcd"]).with_updates(updates or {})
     encoders = {d: load_encoder(Path(encoders_dir), d, index.text_rows(embeddings, d), "cpu") for d in DOMAINS}
     model = LGCDModel(cfg, encoders)
     model.load_state_dict(load_file(str(Path(model_dir) / LGCD_MODEL.weights)))
@@ -81,14 +86,15 @@ def load_lgcd_model(model_dir: Path, encoders_dir: Path, embeddings: np.ndarray,
 
 
 def load_lgcd_scorer(model_dir: Path, encoders_dir: Path, embeddings: np.ndarray, items: pa.Table, device: str,
-                     read_target_history: bool = False, batch_size: int | None = None) -> Scorer:
+                     read_target_history: bool = False, batch_size: int | None = None,
+                     updates: dict | None = None) -> Scorer:
     """LGCD's inference path (condition -> guesser -> noise to λT -> reverse -> MoE -> eq. 25).
 
     Only the history's source-domain items are read. ``read_target_history`` (our mixed-history
     extension, off by default) lets a row's target-domain items, when it has some, replace the
-    guesser's warm start by their text encoding.
+    guesser's warm start by their text encoding. ``updates``: see :func:`load_lgcd_model`.
     """
-    model, index = load_lgcd_model(model_dir, encoders_dir, embeddings, items, device)
+    model, index = load_lgcd_model(model_dir, encoders_dir, embeddings, items, device, updates)
     device = resolve_device(device)
     batch_size = batch_size or model.cfg.training.eval_batch_size
     max_len = model.cfg.architecture.max_len

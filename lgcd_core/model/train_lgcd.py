@@ -8,6 +8,9 @@
   state, RNG states, record, best weights); a re-run with the same config and data resumes from it and
   ends with the same weights as an uninterrupted run (:func:`training.fit`).
 - A non-finite loss raises :class:`FloatingPointError` naming the loss term, direction and epoch.
+- After training, :func:`diagnostics.generator_diagnostics` measures on valid whether the generator
+  carries signal (R² of h^rev and of the guess against x0, NDCG@10 change when h^rev is shuffled
+  across users); the numbers go to history.json and the stats the stage reports.
 - accelerate's ``Accelerator`` places the model and runs backward; under ``accelerate launch`` the
   samplers shard the batches by process.
 
@@ -27,6 +30,7 @@ from lgcd_core.config import DatasetConfig, LGCDConfig
 from lgcd_core.device import resolve_device
 from lgcd_core.io import atomic_path, write_json
 from lgcd_core.model.batches import DOMAINS, DirectionData, Inputs, ItemIndex, build_direction, other, pad_left, trim_left
+from lgcd_core.model.diagnostics import generator_diagnostics
 from lgcd_core.model.encoders import load_encoder
 from lgcd_core.model.lgcd import LGCDModel
 from lgcd_core.model.runs import all_lgcd_runs, lgcd_run_dir
@@ -137,6 +141,10 @@ def train_lgcd(lc: LGCDConfig, inputs: Inputs, encoders_dir: Path, out_dir: Path
                  Budget(tc.epochs, tc.patience), out_dir / "checkpoint.pt", run,
                  {"optimizer": opt, "generator": GeneratorState(gen), **{f"sampler_{dr}": s for dr, s in samplers.items()}},
                  "LGCD", log)
+    record["diagnostics"] = generator_diagnostics(core, index, inputs.eval_cases, accelerator.device, tc.eval_batch_size)
+    for direction, diag in record["diagnostics"].items():
+        log(f"LGCD {direction} on valid: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                      for k, v in diag.items()))
     return _save(core, lc, data, record, out_dir)
 
 
@@ -164,4 +172,4 @@ def _save(model: LGCDModel, lc: LGCDConfig, data: dict[str, DirectionData], reco
             "loss_curve": {dr: [e["losses"][dr]["total"] for e in epochs] for dr in DIRECTIONS},
             "seconds_per_epoch": float(np.mean([e["seconds"] for e in epochs])),
             "sequences_per_s": float(np.mean([e["sequences"] / max(e["seconds"], 1e-9) for e in epochs])),
-            "directions": directions}
+            "directions": directions, "diagnostics": record["diagnostics"]}

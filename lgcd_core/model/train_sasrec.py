@@ -1,8 +1,16 @@
 """Training of the SASRec baselines (the `baselines` stage), with the shared loop of :mod:`training`.
 
-Next-item cross-entropy at every position: a full softmax over the model's vocabulary, or a sampled
-softmax against ``train_negatives`` uniform negatives shared by the batch. Batches group sequences of
-similar length. Early stopping reads valid NDCG@10 every ``eval_every`` epochs, in
+A loss at every real position of a training row (the last ``max_len + 1`` items of a sequence, inputs
+and next-item targets right-aligned like the scored histories, see :func:`pad_batch`):
+
+- ``softmax``: next-item cross-entropy, a full softmax over the model's vocabulary, or a sampled
+  softmax against ``train_negatives`` uniform negatives shared by the batch;
+- ``bce`` (the public SASRec's): ``-log σ(s_pos) - log σ(-s_neg)`` averaged over real positions, with
+  ONE negative per position drawn uniformly from the model's vocabulary minus the items of that
+  training row (the public code excludes the user's whole training sequence; a row is its last
+  ``max_len + 1`` items, so the two differ only for longer sequences).
+
+Batches group sequences of similar length. Early stopping reads valid NDCG@10 every ``eval_every`` epochs, in
 ``selection_setting``, under ``selection_protocol`` (``sampled999``: the stored valid candidates, drawn
 exactly as the evaluation stage draws them; ``full``: every item of the target domain). Test is never
 read. Each model seeds its own generators, so the order in which models are trained changes nothing.
@@ -24,7 +32,7 @@ from lgcd_core.evaluation.candidates import split_cases
 from lgcd_core.evaluation.evaluate import negatives_matrix, rank_cases
 from lgcd_core.evaluation.metrics import ndcg
 from lgcd_core.evaluation.settings import filter_histories, item_domains
-from lgcd_core.model.batches import Inputs, item_counts, pad_right
+from lgcd_core.model.batches import Inputs, item_counts, pad_left, trim_left
 from lgcd_core.model.runs import run_dir
 from lgcd_core.model.sasrec_baseline import GROUPS, Mode, SASRec, SASRecScorer, save_sasrec
 from lgcd_core.model.training import Budget, GeneratorState, Log, fingerprint_of, finite, fit
@@ -37,8 +45,8 @@ def train_baselines(cfg: DatasetConfig, inputs: Inputs, valid_candidates: pa.Tab
     for seed in cfg.evaluation.seeds:
         for name in cfg.evaluation.sasrec_baselines:
             log(f"training {name} (seed {seed})")
-            mode = name.removeprefix("sasrec_")
-            record = train_sasrec(inputs, mode, cfg.evaluation.sasrec, seed, run_dir(out_dir, name, seed), device,
+            mode, sasrec_cfg = cfg.evaluation.sasrec_run(name)
+            record = train_sasrec(inputs, mode, sasrec_cfg, seed, run_dir(out_dir, name, seed), device,
                                   valid_candidates, log)
             stats[f"{name}/seed{seed}"] = {g: {"epochs": len(r["epochs"]), "best_epoch": r["best_epoch"],
                                                "best_valid_ndcg10": r["best_valid"]["NDCG@10"]}
@@ -68,7 +76,7 @@ def train_sasrec(inputs: Inputs, mode: Mode, cfg: BaselineSASRecConfig, seed: in
         run = fingerprint_of({"sasrec": cfg.model_dump(mode="json"), "mode": mode, "group": group, "seed": seed},
                              seqs, *valid)
         records[group] = _fit(models[group], seqs, evaluate, cfg, seed, out_dir / f"checkpoint_{group}.pt", run, log,
-                              f"sasrec_{mode}[{group}]")
+                              f"sasrec{'_bce' if cfg.loss == 'bce' else ''}_{mode}[{group}]")
     save_sasrec(models, {"mode": mode, "seed": seed, "sasrec": cfg.model_dump(mode="json"), "history": records}, out_dir)
     return records
 
@@ -109,6 +117,46 @@ def _length_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Gen
     return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 
+def training_rows(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-item targets of training rows, right-aligned and trimmed to the longest: (B, width) each."""
+    inputs = pad_left([s[:-1] for s in seqs], max_len)
+    targets = pad_left([s[1:] for s in seqs], max_len)
+    return trim_left(inputs, targets)  # both rows of a sequence have the same length
+
+
+def draw_negatives(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
+                   max_rounds: int = 100) -> torch.Tensor:
+    """One negative per position: uniform over ``model.vocab``, never an item of the row (inputs or targets).
+
+    Drawn on the CPU from ``generator`` (the same draws on any device), redrawing hits until none is
+    left; after ``max_rounds`` (only when a row holds nearly the whole vocabulary) a hit is kept.
+    Padding positions get a negative too; the loss ignores them.
+    """
+    vocab = model.vocab.cpu()
+    row_items = torch.cat([inputs, targets], dim=1).cpu()
+    picks = vocab[torch.randint(len(vocab), targets.shape, generator=generator)]
+    for _ in range(max_rounds):
+        hit = (picks.unsqueeze(-1) == row_items.unsqueeze(1)).any(-1)
+        if not bool(hit.any()):
+            break
+        picks[hit] = vocab[torch.randint(len(vocab), (int(hit.sum()),), generator=generator)]
+    return picks.to(targets.device)
+
+
+def bce_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Mean over real positions of ``-log σ(s_pos) - log σ(-s_neg)``; ``s = h · e_item + b_item``.
+
+    The public SASRec's loss (its two BCE terms are each a mean over the same positions, so their sum
+    is this mean).
+    """
+    real = targets != 0
+    h = model.hidden(inputs)[real]
+    positives, negatives = targets[real], negatives[real]
+    pos = (h * model.item_emb(positives)).sum(-1) + model.item_bias[positives]
+    neg = (h * model.item_emb(negatives)).sum(-1) + model.item_bias[negatives]
+    return (F.softplus(-pos) + F.softplus(neg)).mean()
+
+
 def _loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, vocab_pos: torch.Tensor,
           n_negatives: int | None, generator: torch.Generator) -> torch.Tensor:
     real = targets != 0
@@ -138,10 +186,11 @@ def _fit(model: SASRec, train_seqs: list[list[int]], evaluate: Callable[[], dict
     def train_epoch(epoch: int) -> dict:
         total = 0.0
         for rows in _length_batches(lengths, cfg.batch_size, generator):
-            batch = [usable[i] for i in rows]
-            inputs = pad_right([s[:-1] for s in batch], cfg.max_len).to(device)
-            targets = pad_right([s[1:] for s in batch], cfg.max_len).to(device)
-            loss = _loss(model, inputs, targets, vocab_pos, cfg.train_negatives, generator)
+            inputs, targets = (t.to(device) for t in training_rows([usable[i] for i in rows], cfg.max_len))
+            if cfg.loss == "bce":
+                loss = bce_loss(model, inputs, targets, draw_negatives(model, inputs, targets, generator))
+            else:
+                loss = _loss(model, inputs, targets, vocab_pos, cfg.train_negatives, generator)
             value = finite(loss, f"{name} loss at epoch {epoch}")
             optimizer.zero_grad()
             loss.backward()

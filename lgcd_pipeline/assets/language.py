@@ -43,7 +43,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         cfg, PSEUDO_TEXTS, kinds={"pytorch", "parquet"}, gpu=True,
         description="For each single-domain user, an LLM guesses items of the other domain from their history (eq. 4). "
         "Answers are cached by (model, template, prompt, generation settings): re-runs and resumed runs "
-        "generate only what is missing.",
+        "generate only what is missing. Empty when pseudo_overlap.source is an LLM-free source (text, collaborative).",
     )
     def pseudo_texts(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
         from lgcd_core.device import resolve_device
@@ -61,26 +61,30 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
 
     @stage_asset(
         cfg, GROUNDED_ITEMS, kinds={"faiss", "parquet"},
-        description="Each pseudo description is embedded with the target domain's text encoder and grounded to its "
-        "top n_K real target-domain items by cosine (FAISS exact inner product; eq. 5-6).",
+        description="n_K real target-domain items per pseudo user, from pseudo_overlap.source: llm (each description "
+        "embedded with the text encoder and grounded by cosine, FAISS exact inner product; eq. 5-6), text (the "
+        "user's own source items grounded the same way) or collaborative (co-purchase counts of overlap users; "
+        "our extension). The `source` column labels every row.",
     )
     def grounded_items(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
         import numpy as np
 
         from lgcd_core.device import resolve_device
         from lgcd_core.io import atomic_dir, read_parquet, write_parquet
-        from lgcd_core.language.grounding import category_overlap_rate, ground_pseudo_texts, taste_match_rate
+        from lgcd_core.language.grounding import category_overlap_rate, ground_pseudo_users, taste_match_rate
 
         pseudo = read_parquet(PSEUDO_TEXTS.table.path(cfg))
         items = read_parquet(SEQUENCES.items.path(cfg))
         sequences = read_parquet(SEQUENCES.sequences.path(cfg))
         vectors = np.load(ITEM_TEXT_EMBEDDINGS.vectors.path(cfg))
-        table, stats = ground_pseudo_texts(
-            pseudo, items, cfg, resolve_device(cfg.device), item_embeddings=vectors, sequences=sequences
+        table, stats = ground_pseudo_users(
+            pseudo, items, sequences, cfg, resolve_device(cfg.device), item_embeddings=vectors
         )
         # Does grounding carry signal? Co-purchase / shared-title-word rates against chance on any data,
         # and the latent-taste match rate against chance where the synthetic generator knows the truth.
         signal = {f"signal_{k}": v for k, v in category_overlap_rate(table, items, sequences).items()}
+        if cfg.pseudo_overlap.source == "collaborative":
+            signal["signal_note"] = "copurchase_rate is near 1 by construction for the collaborative source"
         if cfg.source.format == "synthetic":
             from lgcd_core.data.synthetic import load_truth
 
@@ -105,6 +109,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         sequences = read_parquet(SEQUENCES.sequences.path(cfg))
         grounded = read_parquet(GROUNDED_ITEMS.table.path(cfg))
         table, stats = build_pseudo_overlap(sequences, grounded, cfg.pseudo_overlap)
+        stats = {"source": cfg.pseudo_overlap.source, **stats}
         with atomic_dir(out_dir) as tmp:
             write_parquet(table, tmp / PSEUDO_OVERLAP_SEQUENCES.table)
         return dg.MaterializeResult(

@@ -77,7 +77,8 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
     @stage_asset(
         cfg, BASELINES, kinds={"pytorch", "safetensors"}, gpu=True,
         description="The SASRec baselines listed in evaluation.baselines (single-domain: one model per domain; mixed: "
-        "one over all items), per seed of evaluation.seeds, early-stopped on valid NDCG@10 against the same stored "
+        "one over all items; sasrec_*: evaluation.sasrec, softmax; sasrec_bce_*: evaluation.sasrec_bce, the public "
+        "SASRec's BCE recipe), per seed of evaluation.seeds, early-stopped on valid NDCG@10 against the same stored "
         "valid candidates the evaluation draws.",
     )
     def baselines(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
