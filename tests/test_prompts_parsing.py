@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lgcd_core.language.parsing import count_complete_items, drop_unfinished, parse_descriptions
+from lgcd_core.language.parsing import count_complete_items, parse_answer, parse_descriptions
 from lgcd_core.language.prompts import TEMPLATES_DIR, display_text, load_template, render_prompt
 
 
@@ -83,13 +83,15 @@ def test_complete_items_count_only_finished_lines():
     assert count_complete_items("1. Wok") == 0  # the line is still being written
 
 
-@pytest.mark.parametrize("descriptions,hit_cap,expected", [
-    (["Wok", "Ladle", "Whi"], True, (["Wok", "Ladle"], True)),  # reached the cap mid-list: last item unfinished
-    (["Wok", "Ladle", "Whisk"], False, (["Wok", "Ladle", "Whisk"], False)),  # ended on its own
-    (["Wok", "Ladle", "Whisk", "Tongs"], True, (["Wok", "Ladle", "Whisk"], False)),  # went on past n = 3: nothing lost
+@pytest.mark.parametrize("answer,hit_cap,expected", [
+    ("1. Wok\n2. Ladle\n3. Whi", True, (["Wok", "Ladle"], True)),  # reached the cap mid-list: last line unread
+    ("1. Wok\n2. Ladle\n3. Whisk", False, (["Wok", "Ladle", "Whisk"], False)),  # ended on its own
+    ("1. Wok\n2. Ladle\n3. Whisk\n4. Tongs\n5. Sie", True, (["Wok", "Ladle", "Whisk"], False)),  # past n = 3: nothing lost
+    ("1. Wok\n2. Tea\n3. Ladle\n4. Whi", True, (["Wok", "Ladle"], True)),  # a history copy is not an item; the cut one is not read
+    ("1. Wok 2. Ladle 3. Whi", True, (["Wok", "Ladle"], True)),  # an inline list: its last item is the unfinished one
 ])
-def test_drop_unfinished(descriptions, hit_cap, expected):
-    assert drop_unfinished(descriptions, hit_cap, 3) == expected
+def test_parse_answer_reads_no_unfinished_item(answer, hit_cap, expected):
+    assert parse_answer(answer, 3, exclude=["Tea"], hit_cap=hit_cap) == expected
 
 
 @pytest.mark.parametrize("direction", ["a_to_b", "b_to_a"])

@@ -14,9 +14,9 @@ Rules, in order:
 
 An answer with no description left is unusable; the caller records it, never drops it.
 
-An answer that reached the generation cap (``max_new_tokens``) stops mid-item: :func:`drop_unfinished`
-drops its last description and marks it ``cut``; :func:`count_complete_items` lets generation stop
-as soon as the list is complete.
+An answer that reached the generation cap (``max_new_tokens``) stops mid-item: :func:`parse_answer`
+does not read its unfinished last line and marks it ``cut`` when fewer than n complete items remain;
+:func:`count_complete_items` lets generation stop as soon as the list is complete.
 """
 
 from __future__ import annotations
@@ -102,12 +102,15 @@ def count_complete_items(text: str) -> int:
     return len(parse_descriptions(text[:end])) if end >= 0 else 0
 
 
-def drop_unfinished(descriptions: list[str], hit_cap: bool, n_items: int) -> tuple[list[str], bool]:
-    """``(descriptions, cut)`` of an answer; ``hit_cap``: generation stopped at the token cap.
+def parse_answer(answer: str, n_items: int, exclude: Iterable[str] = (), hit_cap: bool = False) -> tuple[list[str], bool]:
+    """``(descriptions, cut)`` of one answer: at most ``n_items`` descriptions, and whether the cap cut it.
 
-    An answer that hit the cap before ``n_items`` complete items was cut mid-item: its last
-    description is unfinished and dropped. One that went on past ``n_items`` items lost nothing.
+    ``hit_cap``: generation stopped at the token cap, so the answer's last line is unfinished and is
+    not read (in a one-line inline list, its last item). The answer was ``cut`` when fewer than
+    ``n_items`` complete descriptions remain; one that went on past ``n_items`` lost nothing.
     """
-    if hit_cap and len(descriptions) <= n_items:
-        return descriptions[:-1], True
-    return descriptions[:n_items], False
+    if not hit_cap:
+        return parse_descriptions(answer, n_items, exclude=exclude), False
+    end = (answer or "").rfind("\n")
+    complete = parse_descriptions(answer[:end], exclude=exclude) if end >= 0 else parse_descriptions(answer, exclude=exclude)[:-1]
+    return complete[:n_items], len(complete) < n_items

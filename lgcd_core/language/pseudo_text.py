@@ -10,7 +10,7 @@ with ``usable=False``.
 
 The token cap (``generation.max_new_tokens``; null: sized for n items, ``LLMConfig.resolved``) is
 meant never to bind: the transformers backend stops an answer once its list is complete. An answer
-that still reaches the cap before n complete items is ``cut``: its unfinished last item is dropped,
+that still reaches the cap before n complete items is ``cut``: its unfinished last line is not read,
 and ``cut_share`` in the stats says how often that happened.
 
 When ``pseudo_overlap.source`` is not ``llm`` the stage generates nothing and writes an empty table
@@ -34,7 +34,7 @@ import pyarrow as pa
 from lgcd_core.config import DatasetConfig, LLMConfig
 from lgcd_core.language.generation_cache import GenerationCache, cache_key
 from lgcd_core.language.llm_backends import Answer, LLMBackend, make_backend
-from lgcd_core.language.parsing import drop_unfinished, parse_descriptions
+from lgcd_core.language.parsing import parse_answer
 from lgcd_core.language.prompts import display_text, load_template, render_prompt
 from lgcd_core.language.pseudo_sources import SINGLE_DOMAIN, SOURCE_LABELS, select_users
 
@@ -121,15 +121,14 @@ def assemble(requests: list[PromptRequest], cache: GenerationCache, n_descriptio
              max_new_tokens: int | None = None) -> pa.Table:
     """The ``pseudo_texts`` table, one row per request; failed requests have an empty answer and usable=False.
 
-    An answer of ``max_new_tokens`` tokens or more reached the cap (see ``parsing.drop_unfinished``).
+    An answer of ``max_new_tokens`` tokens or more reached the cap (see ``parsing.parse_answer``).
     """
     rows = []
     for r in sorted(requests, key=lambda r: r.user_idx):
         record = cache.get(r.key)
         answer = record["answer"] if record is not None else ""
-        descriptions = parse_descriptions(answer, exclude=r.history) if record is not None else []
         hit_cap = record is not None and max_new_tokens is not None and record.get("n_tokens", 0) >= max_new_tokens
-        descriptions, cut = drop_unfinished(descriptions, hit_cap, n_descriptions)
+        descriptions, cut = parse_answer(answer, n_descriptions, r.history, hit_cap) if record is not None else ([], False)
         rows.append({"user_idx": r.user_idx, "source_domain": r.source_domain, "target_domain": r.target_domain,
                      "prompt": r.prompt, "answer": answer, "descriptions": descriptions,
                      "usable": bool(descriptions), "cut": cut, "cache_key": r.key})
