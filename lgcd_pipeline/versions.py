@@ -30,6 +30,7 @@ PACKAGE = "lgcd_core"
 STAGES: tuple[str, ...] = stages.NAMES
 
 
+@cache
 def module_files(root: Path = REPO_ROOT) -> dict[str, Path]:
     """Every module of `lgcd_core` under ``root``, by dotted name (a package by its ``__init__``)."""
     files = {}

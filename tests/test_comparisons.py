@@ -12,6 +12,7 @@ from lgcd_core.evaluation.comparisons import (
     bootstrap_interval,
     comparisons_markdown,
     paired_comparisons,
+    resample_weights,
     verdict,
 )
 from lgcd_core.evaluation.evaluate import RANKS_SCHEMA
@@ -76,7 +77,7 @@ def test_a_consistent_win_has_an_interval_above_zero_and_a_coin_flip_does_not() 
 
 def test_bootstrap_interval_matches_the_normal_approximation() -> None:
     diffs = np.random.default_rng(2).normal(0.1, 1.0, size=(400, 1))
-    low, high = bootstrap_interval(diffs, 4000, seed=0)
+    low, high = bootstrap_interval(diffs, resample_weights(len(diffs), 4000, seed=0))
     half = 1.96 * diffs.std(ddof=1) / math.sqrt(len(diffs))
     assert float(high[0] - low[0]) == pytest.approx(2 * half, rel=0.1)
     assert float((high[0] + low[0]) / 2) == pytest.approx(float(diffs.mean()), abs=0.02)

@@ -50,12 +50,15 @@ def _rank_matrix(columns: dict[str, np.ndarray], model: str, seeds: list[int], c
     return out
 
 
-def bootstrap_interval(diffs: np.ndarray, n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """95% percentile interval of the mean over axis 0 of ``diffs`` (n_cases, m), resampling cases."""
-    n = diffs.shape[0]
+def resample_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, n): how often each of ``n`` cases is drawn in each bootstrap resample (with replacement)."""
     rng = np.random.default_rng(seed)
-    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_resamples)])
-    means = weights @ diffs / n  # (n_resamples, m)
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_resamples)])
+
+
+def bootstrap_interval(diffs: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """95% percentile interval of the mean over axis 0 of ``diffs`` (n_cases, m), under resample ``weights``."""
+    means = weights @ diffs / diffs.shape[0]  # (n_resamples, m)
     return np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
 
 
@@ -72,6 +75,7 @@ def paired_comparisons(ranks: pa.Table, model: str, ks: Sequence[int] = (1, 5, 1
         if model not in seeds_of:
             continue
         case_ids = np.unique(group["case_id"])
+        weights = resample_weights(len(case_ids), n_resamples, seed)  # the same resamples for every baseline
         for baseline in sorted(seeds_of.keys() - {model}):
             seeds = sorted(seeds_of[model] & seeds_of[baseline])
             if not seeds:
@@ -79,7 +83,7 @@ def paired_comparisons(ranks: pa.Table, model: str, ks: Sequence[int] = (1, 5, 1
             names, mine = _values(_rank_matrix(group, model, seeds, case_ids), ks)
             _, theirs = _values(_rank_matrix(group, baseline, seeds, case_ids), ks)
             diffs = (mine - theirs).mean(axis=0)  # (n_cases, n_metrics): paired by case, pooled over seeds
-            low, high = bootstrap_interval(diffs, n_resamples, seed)
+            low, high = bootstrap_interval(diffs, weights)
             for j, (metric, k) in enumerate(names):
                 rows.append({"model": model, "baseline": baseline, **dict(zip(GROUP, key)), "metric": metric, "k": k,
                              "diff": float(diffs[:, j].mean()), "ci_low": float(low[j]), "ci_high": float(high[j]),

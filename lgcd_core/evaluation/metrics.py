@@ -10,15 +10,16 @@ from __future__ import annotations
 import torch
 
 
-def _reject_nan(scores: torch.Tensor) -> None:
-    if torch.isnan(scores).any():
-        raise ValueError("a scorer returned NaN scores; ranks would be meaningless")
+def reject_nan(values: torch.Tensor, what: str = "a scorer returned NaN scores") -> None:
+    """Raise if ``values`` hold a NaN: every ranking (evaluation or serving) refuses one."""
+    if torch.isnan(values).any():
+        raise ValueError(f"{what}; ranks would be meaningless")
 
 
 def sampled_ranks(target_scores: torch.Tensor, negative_scores: torch.Tensor) -> torch.Tensor:
     """Rank of each target among its negatives: (n,), (n, m) -> (n,) int64 in 1..m+1."""
-    _reject_nan(target_scores)
-    _reject_nan(negative_scores)
+    reject_nan(target_scores)
+    reject_nan(negative_scores)
     return 1 + (negative_scores >= target_scores.unsqueeze(1)).sum(dim=1)
 
 
@@ -28,7 +29,7 @@ def full_ranks(scores: torch.Tensor, targets: torch.Tensor, competitors: torch.T
     ``scores``: (n, V) over all item indices; ``targets``: (n,) item indices; ``competitors``:
     (V,) bool, the items a target is ranked against (its domain; the target itself is skipped).
     """
-    _reject_nan(scores)
+    reject_nan(scores)
     rows = torch.arange(scores.shape[0], device=scores.device)
     target_scores = scores[rows, targets]
     beats = (scores >= target_scores.unsqueeze(1)) & competitors.unsqueeze(0)

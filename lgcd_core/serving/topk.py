@@ -19,10 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-
-def _reject_nan(t: torch.Tensor, what: str) -> None:
-    if torch.isnan(t).any():
-        raise ValueError(f"{what} contain NaN; a ranking of them would be meaningless")
+from lgcd_core.evaluation.metrics import reject_nan
 
 
 def exclusion_matrix(exclude: Sequence[Sequence[int]], n: int) -> torch.Tensor:
@@ -53,7 +50,7 @@ def ordered_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     by (score desc, column asc), and a row whose k-th score is tied with a column left out is fully
     sorted (stable), so the result is the same on every device and batch.
     """
-    _reject_nan(scores, "scores")
+    reject_nan(scores, "scores contain NaN")
     n, m = scores.shape
     k = min(k, m)
     if k == 0:
@@ -74,7 +71,7 @@ def ordered_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 def exact_top_k(users: torch.Tensor, items: torch.Tensor, k: int,
                 excluded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Top ``k`` columns of ``users @ items.T`` without the excluded ones: (values, columns)."""
-    _reject_nan(users, "user vectors")
+    reject_nan(users, "user vectors contain NaN")
     return ordered_top_k(_mask(users @ items.T, excluded), k)
 
 
@@ -91,7 +88,7 @@ def build_index(items: torch.Tensor):  # -> faiss.IndexFlatIP
 def faiss_top_k(users: torch.Tensor, items: torch.Tensor, index, k: int,
                 excluded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The same result as :func:`exact_top_k`, the candidates coming from ``index`` (built on ``items``)."""
-    _reject_nan(users, "user vectors")
+    reject_nan(users, "user vectors contain NaN")
     n, m = users.shape[0], items.shape[0]
     per_row = int((excluded >= 0).sum(1).max()) if excluded.numel() else 0
     fetch = min(m, k + per_row)
