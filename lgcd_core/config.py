@@ -172,15 +172,22 @@ class GenerationConfig(_Section):
 
 
 class HttpBackendConfig(_Section):
-    """An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp server, Ollama)."""
+    """OpenAI-compatible chat-completions endpoints (vLLM, llama.cpp server, Ollama, TGI): one server or a fleet.
 
-    base_url: str  # e.g. http://localhost:8000/v1
+    A fleet is several servers of the same model: requests are spread over them, at most ``concurrency``
+    in flight per endpoint, and a request that fails on one endpoint moves to the next (see
+    :mod:`lgcd_core.language.fleet`). Which endpoint answered is not part of the cache key.
+    """
+
+    base_url: str | None = None  # one server, e.g. http://localhost:8000/v1 (or list several in endpoints)
+    endpoints: list[str] = []  # several servers of the same model, e.g. [http://gpu1:8000/v1, http://gpu2:8000/v1]
     model: str  # the model name the server expects
-    api_key_env: str | None = None  # the environment variable holding the API key (never the key itself)
-    concurrency: int = Field(default=4, ge=1)  # requests in flight at once
-    timeout_s: float = Field(default=60.0, gt=0)  # per request
-    max_retries: int = Field(default=3, ge=0)  # retries of a failed request
+    api_key_env: str | None = None  # the environment variable holding the API key (never the key itself); sent to every endpoint
+    concurrency: int = Field(default=4, ge=1)  # requests in flight at once, per endpoint
+    timeout_s: float = Field(default=60.0, gt=0)  # per request; a request stalled past it moves to another endpoint
+    max_retries: int = Field(default=3, ge=0)  # retries of a failed request on the same endpoint
     backoff_s: float = Field(default=1.0, ge=0)  # wait before retry r is backoff_s * 2**r
+    cooldown_s: float = Field(default=30.0, ge=0)  # an endpoint whose request failed gets no new request for this long (fleet)
 
     @field_validator("api_key_env")
     @classmethod
@@ -191,14 +198,37 @@ class HttpBackendConfig(_Section):
                              "not hold the key itself")
         return value
 
+    @model_validator(mode="after")
+    def _one_way_to_name_servers(self) -> HttpBackendConfig:
+        if (self.base_url is None) == (not self.endpoints):
+            raise ValueError("give either base_url (one server) or endpoints (a list of servers), not both or neither")
+        repeated = sorted({url for url in self.endpoints if self.endpoints.count(url) > 1})
+        if repeated:
+            raise ValueError(f"endpoints lists {', '.join(repeated)} more than once (raise concurrency instead)")
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        """The base URL of every endpoint: ``[base_url]`` or ``endpoints``."""
+        return [self.base_url] if self.base_url is not None else list(self.endpoints)
+
+
+class RayConfig(_Section):
+    """Where and how wide the Ray backend runs: one transformers model replica per Ray actor."""
+
+    address: str | None = None  # a running cluster (ray://head:10001 or auto); null: $RAY_ADDRESS, else a local Ray here
+    workers: int = Field(default=2, ge=1)  # actors, each holding one model replica
+    cpus_per_worker: float = Field(default=1.0, gt=0)  # CPUs reserved per actor (also its torch threads, rounded up)
+    gpus_per_worker: float = Field(default=0.0, ge=0)  # GPUs per actor; > 0 runs the replicas on CUDA
+
 
 class LLMConfig(_Section):
     """Pseudo-text generation (eq. 4). 'default' model = offline SmolLM2-135M-Instruct GGUF."""
 
-    backend: Literal["transformers", "http"] = "transformers"  # a local model, or an OpenAI-compatible server (http)
-    model: str = "default"  # a Hugging Face model name or folder (transformers backend)
+    backend: Literal["transformers", "http", "ray"] = "transformers"  # a local model, OpenAI-compatible servers, or Ray actors
+    model: str = "default"  # a Hugging Face model name or folder (transformers and ray backends)
     gguf_file: str | None = None  # a GGUF file inside model to load instead of safetensors
-    batch_size: int = Field(default=16, ge=1)  # prompts per generation batch (transformers backend)
+    batch_size: int = Field(default=16, ge=1)  # prompts per generation batch (transformers and ray backends)
     history_items: int = Field(default=10, ge=1)  # the user's most recent source items the prompt lists (every source reads them)
     n_descriptions: int | None = Field(default=None, ge=1)  # target items the prompt asks for; null: grounding.n_k (eq. 4)
     max_item_chars: int = Field(default=160, ge=8)  # each history item's text is cut to this
@@ -207,7 +237,8 @@ class LLMConfig(_Section):
     trust_remote_code: bool = False  # let transformers run the model repository's own code
     on_failure: Literal["raise", "unusable"] = "raise"  # requests that fail after all retries
     generation: GenerationConfig = GenerationConfig()  # decoding settings
-    http: HttpBackendConfig | None = None  # the server (backend 'http' only)
+    http: HttpBackendConfig | None = None  # the server or fleet (backend 'http' only)
+    ray: RayConfig = RayConfig()  # the Ray cluster and actors (backend 'ray' only)
 
     @model_validator(mode="before")
     @classmethod
@@ -221,7 +252,7 @@ class LLMConfig(_Section):
     @model_validator(mode="after")
     def _http(self) -> LLMConfig:
         if self.backend == "http" and self.http is None:
-            raise ValueError("backend 'http' needs an 'http' section (base_url, model)")
+            raise ValueError("backend 'http' needs an 'http' section (base_url or endpoints, model)")
         return self
 
     def resolved(self, n_k: int) -> LLMConfig:
@@ -278,6 +309,7 @@ class PretrainConfig(_Section):
     lr: float = Field(default=1e-3, gt=0)  # Adam learning rate
     weight_decay: float = Field(default=0.0, ge=0)  # Adam weight decay
     batch_size: int = Field(default=128, ge=1)  # sequences per batch
+    train_negatives: int | None = Field(default=None, ge=1)  # eq. 3 as a sampled softmax on this many negatives; null: full
     epochs: int = Field(default=30, ge=1)  # most epochs per domain; the best one on valid NDCG@10 is kept
     patience: int = Field(default=5, ge=1)  # stop after this many epochs without a better valid NDCG@10
     seed: int = 0  # seeds initialisation and batch order
@@ -320,6 +352,7 @@ class LGCDTraining(_Section):
     seed: int = 0  # seed of the default model (evaluation.seeds trains more)
     bf16: bool = False  # bf16 autocast on CUDA
     eval_batch_size: int = Field(default=512, ge=1)  # rows per batch when scoring valid cases
+    rec_negatives: int | None = Field(default=None, ge=1)  # L_rec (eq. 25): sampled softmax, this many negatives; null: full
 
 
 class LGCDAblations(_Section):
@@ -341,6 +374,7 @@ class LGCDInterpretation(_Section):
     condition_tokens: Literal["sequence", "last"] = "sequence"  # denoiser keys/values: every source position, or h^cond alone (eq. 13)
     pseudo_condition: Literal["id_fused", "full"] = "id_fused"  # pseudo rows' condition: ID only (eq. 8), or ID + text like real rows
     align_on: Literal["pseudo", "overlap", "both"] = "pseudo"  # rows L_align (eq. 21) applies to; eq. 27 says pseudo
+    target_history_weight: float = Field(default=1.0, ge=0.0)  # weight of the target encoder vector of target-domain items (ours)
 
     @model_validator(mode="before")
     @classmethod
@@ -503,7 +537,7 @@ class EvaluationConfig(_Section):
     seeds: list[int] = Field(default=[0], min_length=1)  # every trained model is trained once per seed
     baselines: list[str] = list(BASELINES)  # the baselines trained and scored (BASELINES)
     variants: list[str] = []  # the Table 3 LGCD variants trained and scored (VARIANT_SWITCHES)
-    lgcd_reads_target_history: bool = False  # mixed_history: LGCD warm-starts from the target-domain items (ours)
+    lgcd_reads_target_history: bool = True  # mixed_history: LGCD also reads target-domain items (ours)
     batch_size: int = Field(default=512, ge=1)  # cases scored per batch
     sasrec: BaselineSASRecConfig = BaselineSASRecConfig()  # sasrec_single, sasrec_mixed (full or sampled softmax)
     sasrec_bce: PublicSASRecConfig = PublicSASRecConfig()  # sasrec_bce_single, sasrec_bce_mixed: the public recipe
@@ -550,6 +584,7 @@ class RecommendationsConfig(_Section):
     """
 
     k: int = Field(default=20, ge=1)  # items recommended per user
+    read_target_history: bool = True  # users with target-domain items: LGCD also reads them, as evaluation.lgcd_reads_target_history
     faiss_above: int = Field(default=50_000, ge=0)  # target domains with more items than this search through FAISS
     batch_size: int = Field(default=512, ge=1)  # users scored per batch
     sample_users: int = Field(default=10, ge=0)  # users shown in the stage's metadata table
@@ -562,6 +597,7 @@ class DatasetConfig(_Section):
     name: str = Field(pattern=rf"^{NAME_PATTERN.pattern}$")  # the YAML's file stem
     description: str = ""  # free text for the reader of the YAML
     device: str = "auto"  # torch device of every stage that runs a model: auto (CUDA when available), cpu, cuda, cuda:1
+    train_processes: int = Field(default=1, ge=1)  # data-parallel processes (accelerate launch) of pretraining and LGCD training
     source: SourceConfig  # raw_interactions, raw_items
     domains: DomainNames  # display names of A and B
     filter: FilterConfig = FilterConfig()  # filtered_interactions

@@ -18,7 +18,10 @@ def dataset_assets(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
 
 
 def build_definitions(configs: list[DatasetConfig]) -> dg.Definitions:
-    return dg.Definitions(assets=[asset for cfg in configs for asset in dataset_assets(cfg)])
+    """Every dataset's graph; a run (UI, ``dagster asset materialize``) executes its steps with the multiprocess
+    executor, so two datasets' graphs materialize at once while the ``gpu`` pool (``dagster_home/dagster.yaml``)
+    lets one GPU stage run at a time."""
+    return dg.Definitions(assets=[asset for cfg in configs for asset in dataset_assets(cfg)], executor=dg.multiprocess_executor)
 
 
 defs = build_definitions(discover_datasets())

@@ -1,5 +1,6 @@
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 
 from lgcd_core.model.batches import ItemIndex, pad_left, pretrain_rows
@@ -55,3 +56,24 @@ def test_item_index_round_trip_and_pretrain_rows():
     assert [list(x) for x in idx.to_local([[1, 3, 2, 5]], "B")] == [[1, 3]]
     x, y = pretrain_rows([np.array([1, 2, 3]), np.array([2])], max_len=4)
     assert x.tolist() == [[0, 0, 1, 2]] and y.tolist() == [[0, 0, 2, 3]]
+
+
+def test_pretraining_sampled_softmax_against_a_hand_computed_case():
+    from lgcd_core.model.pretrain import next_item_logits
+
+    enc = _encoder()
+    hidden = torch.randn(3, 8)
+    targets = torch.tensor([2, 5, 12])
+    full, labels = next_item_logits(enc, hidden, targets, None, torch.Generator().manual_seed(0))
+    table = enc.item_fusion()
+    assert torch.equal(labels, targets) and torch.isinf(full[:, 0]).all()
+    assert torch.allclose(full[:, 1:], hidden @ table[1:].T, atol=1e-6)
+    assert torch.allclose(enc.item_fusion(torch.tensor([[3, 4]])), table[[3, 4]][None], atol=1e-6)  # subset = rows
+    logits, labels = next_item_logits(enc, hidden, targets, 4, torch.Generator().manual_seed(1))
+    neg = torch.randint(1, 13, (4,), generator=torch.Generator().manual_seed(1))
+    assert (labels == 0).all() and logits.shape == (3, 5)
+    for row in range(3):
+        assert logits[row, 0].item() == pytest.approx(torch.dot(hidden[row], table[targets[row]]).item(), abs=1e-5)
+        for j, item in enumerate(neg.tolist()):
+            expected = float("-inf") if item == targets[row] else torch.dot(hidden[row], table[item]).item()
+            assert logits[row, 1 + j].item() == pytest.approx(expected, abs=1e-5)

@@ -92,15 +92,20 @@ def test_non_cyclic_and_single_kind():
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_shards_are_slices_of_the_same_epoch(world_size):
+def test_the_ranks_batches_of_a_step_make_up_the_batch_of_one_process(world_size):
     overlap, pseudo = np.arange(10), np.arange(10, 90)
     full = CyclicBatchSampler(overlap, pseudo, 8, 3, seed=0).epoch(1)
     shards = [CyclicBatchSampler(overlap, pseudo, 8, 3, seed=0, rank=r, world_size=world_size).epoch(1)
               for r in range(world_size)]
-    usable = len(full) - len(full) % world_size
-    assert all(len(sh) == usable // world_size for sh in shards)
-    for r, sh in enumerate(shards):
-        assert all((x == y).all() for x, y in zip(sh, full[r:usable:world_size]))
-    if world_size == 2:  # 16 batches of 5 pseudo rows: the ranks split the 80 pseudo rows
-        p0, p1 = (set(np.concatenate(sh)) - set(range(10)) for sh in shards)
-        assert not p0 & p1 and len(p0) + len(p1) == 80
+    assert all(len(sh) == len(full) for sh in shards)
+    for step, batch in enumerate(full):
+        parts = [sh[step] for sh in shards]
+        assert sorted(np.concatenate(parts)) == sorted(batch)
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_a_batch_smaller_than_the_ranks_is_left_out():
+    pooled = dict(overlap_rows=np.arange(5), pseudo_rows=np.arange(5, 9), batch_size=4, overlap_per_batch=2, cyclic=False)
+    assert [len(b) for b in CyclicBatchSampler(**pooled).epoch(1)] == [4, 4, 1]
+    for rank in range(2):
+        assert [len(b) for b in CyclicBatchSampler(**pooled, rank=rank, world_size=2).epoch(1)] == [2, 2]

@@ -93,3 +93,27 @@ def synthetic_inputs(n_items_a: int = 60, n_items_b: int = 80, n_overlap: int = 
                       "text": [f"item {i} taste {taste[i]}" for i in item_idx]})
     return {"items": items, "sequences": sequences, "eval_cases": eval_cases, "pseudo_overlap": pseudo,
             "embeddings": emb}
+
+
+def demo_language_inputs(n_users: int) -> tuple[pa.Table, pa.Table]:
+    """(items, sequences) of the demo's synthetic generator, for the LLM stage: ``n_users`` single-domain users.
+
+    Items carry their generated titles as text; sequences are the first ``n_users`` single-domain users
+    (A-only and B-only alike), items in time order. No k-core filtering: the LLM stage needs none.
+    """
+    from lgcd_core.config import REPO_ROOT, load_dataset_config
+    from lgcd_core.data.synthetic import generate
+
+    spec = load_dataset_config(REPO_ROOT / "datasets" / "demo.yaml").source.synthetic
+    meta, reviews = generate(spec)[:2]
+    index = {item["asin"]: (d, item["title"]) for d in DOMAINS for item in meta[d]}
+    item_idx = {asin: i + 1 for i, asin in enumerate(index)}
+    items = pa.Table.from_pylist([{"item_idx": item_idx[a], "item_id": a, "domain": d, "title": t, "text": t}
+                                  for a, (d, t) in index.items()])
+    by_user: dict[str, list[dict]] = {}
+    for review in sorted(reviews["A"] + reviews["B"], key=lambda r: r["unixReviewTime"]):
+        by_user.setdefault(review["reviewerID"], []).append(review)
+    single = [(u, rs) for u, rs in by_user.items() if len({r["_domain"] for r in rs}) == 1][:n_users]
+    sequences = pa.Table.from_pylist([{"user_idx": k + 1, "user_id": u, "user_type": f"{rs[0]['_domain']}-only",
+                                       "items": [item_idx[r["asin"]] for r in rs]} for k, (u, rs) in enumerate(single)])
+    return items, sequences

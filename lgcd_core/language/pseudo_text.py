@@ -172,5 +172,12 @@ def generate_pseudo_texts(
         "cut": cut, "cut_share": round(cut / len(table), 4) if len(table) else 0.0,
         "avg_descriptions": round(float(np.mean([len(d) for d in table.column("descriptions").to_pylist()])), 3) if len(table) else 0.0,
         "backend": llm.backend, "model": backend.model_id,
+        **run_stats(backend),
     }
     return table, stats
+
+
+def run_stats(backend: LLMBackend) -> dict:
+    """The backend's own figures of this run (per-endpoint counters, Ray workers), when it reports any."""
+    report = getattr(backend, "run_stats", None)
+    return report() if report is not None else {}

@@ -74,10 +74,14 @@ class DomainEncoder(nn.Module):
         """E_text rows: projected frozen text vectors of local item ids -> (..., d)."""
         return self.text_proj(self.text_vectors[items])
 
-    def item_fusion(self) -> torch.Tensor:
-        """E_fusion = W_fusion [E_ID ; E_text] + b for every local item (eq. 3): (n_items+1, d)."""
-        all_items = torch.arange(self.spec.n_items + 1, device=self.id_emb.weight.device)
-        return self.fusion(torch.cat([self.item_id(all_items), self.item_text(all_items)], dim=-1))
+    def item_fusion(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """E_fusion = W_fusion [E_ID ; E_text] + b (eq. 3) of local ids ``items`` (any shape) -> (..., d).
+
+        None: every local item, padding included: (n_items+1, d).
+        """
+        if items is None:
+            items = torch.arange(self.spec.n_items + 1, device=self.id_emb.weight.device)
+        return self.fusion(torch.cat([self.item_id(items), self.item_text(items)], dim=-1))
 
     # ---- sequence side -----------------------------------------------------------------------
 

@@ -21,13 +21,18 @@ Without pseudo rows every batch is ``batch_size`` overlap rows and an epoch is o
 without overlap rows every batch is ``batch_size`` pseudo rows. ``cyclic=False`` ('w/o cyclic
 batches') pools both kinds and cuts the shuffled pool into plain batches.
 
-Deterministic given (seed, epoch, state). ``rank``/``world_size`` shard the batches of an epoch for
-data-parallel launches (every rank gets the same number of batches).
+Deterministic given (seed, epoch, state). ``rank``/``world_size`` shard every batch by rows for
+data-parallel launches: rank r keeps rows r, r + W, ... of each batch (overlap rows first, so with m a
+multiple of W every rank has m / W of them), hence the union of the ranks' batches of a step is the
+batch one process trains on, with the same number of steps. A batch with fewer rows than ranks (the
+pooled layout's last) is left out, so no rank steps on an empty batch.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from lgcd_core.model.processes import shard
 
 
 class CyclicBatchSampler:
@@ -102,6 +107,5 @@ class CyclicBatchSampler:
             empty = np.zeros(0, dtype=np.int64)
             batches = [np.concatenate([self._take_overlap(self.m), pseudo[b] if self.k else empty]) for b in range(n)]
         if self.world_size > 1:
-            usable = len(batches) - len(batches) % self.world_size or len(batches)
-            batches = batches[self.rank:usable:self.world_size]
+            batches = [shard(b, self.rank, self.world_size) for b in batches if len(b) >= self.world_size]
         return batches

@@ -11,8 +11,9 @@
 - After training, :func:`diagnostics.generator_diagnostics` measures on valid whether the generator
   carries signal (R² of h^rev and of the guess against x0, NDCG@10 change when h^rev is shuffled
   across users); the numbers go to history.json and the stats the stage reports.
-- accelerate's ``Accelerator`` places the model and runs backward; under ``accelerate launch`` the
-  samplers shard the batches by process.
+- accelerate's ``Accelerator`` places the model and runs backward; under ``accelerate launch``
+  (:mod:`launch`) every process trains on its rows of each batch, with its own dropout and diffusion
+  noise seeds, and process 0 alone evaluates and writes (:mod:`processes`).
 
 :func:`train_lgcd_runs` trains every run the YAML asks for (:mod:`runs`): the `lgcd_model` stage.
 """
@@ -33,6 +34,7 @@ from lgcd_core.model.batches import DOMAINS, DirectionData, Inputs, ItemIndex, b
 from lgcd_core.model.diagnostics import generator_diagnostics
 from lgcd_core.model.encoders import load_encoder
 from lgcd_core.model.lgcd import LGCDModel
+from lgcd_core.model.processes import AcceleratorProcesses, data_parallel_accelerator, mean_of, process_seed
 from lgcd_core.model.runs import all_lgcd_runs, lgcd_run_dir
 from lgcd_core.model.sampler import CyclicBatchSampler
 from lgcd_core.model.training import Budget, GeneratorState, Log, fingerprint_of, finite, fit, full_ranking
@@ -89,15 +91,13 @@ def train_lgcd_runs(cfg: DatasetConfig, inputs: Inputs, encoders_dir: Path, out_
 
 def train_lgcd(lc: LGCDConfig, inputs: Inputs, encoders_dir: Path, out_dir: Path, device: str, log: Log = print) -> dict:
     """Train LGCD (both directions); write lgcd.safetensors + lgcd.json + history.json under ``out_dir``."""
-    from accelerate import Accelerator
-
     device = resolve_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     tc = lc.training
-    accelerator = Accelerator(cpu=not device.startswith("cuda"),
-                              mixed_precision="bf16" if tc.bf16 and device.startswith("cuda") else "no")
-    torch.manual_seed(tc.seed)
-    gen = torch.Generator().manual_seed(tc.seed)
+    accelerator = data_parallel_accelerator(device, tc.bf16)
+    processes = AcceleratorProcesses(accelerator)
+    torch.manual_seed(process_seed(tc.seed, processes.index))  # the weights are process 0's (DDP broadcasts them)
+    gen = torch.Generator().manual_seed(process_seed(tc.seed, processes.index))  # diffusion noise
     index = ItemIndex.from_table(inputs.items)
     encoders = {d: load_encoder(encoders_dir, d, index.text_rows(inputs.embeddings, d), "cpu") for d in DOMAINS}
     model = LGCDModel(lc, encoders)
@@ -134,13 +134,17 @@ def train_lgcd(lc: LGCDConfig, inputs: Inputs, encoders_dir: Path, out_dir: Path
             opt.step()
             steps[dr] += 1
         losses = {dr: {k: v / max(steps[dr], 1) for k, v in sums[dr].items()} for dr in DIRECTIONS}
+        everyone = processes.gather({"losses": losses, "sequences": sum(len(rows) for _, rows in plan)})
+        losses = mean_of([p["losses"] for p in everyone])  # each process's mean over the same steps
         return {"loss": float(np.mean([losses[dr]["total"] for dr in DIRECTIONS])), "losses": losses,
-                "sequences": sum(len(rows) for _, rows in plan)}
+                "sequences": sum(p["sequences"] for p in everyone)}
 
     record = fit(core, train_epoch, lambda: evaluate_inter_domain(core, cases, accelerator.device, tc.eval_batch_size),
                  Budget(tc.epochs, tc.patience), out_dir / "checkpoint.pt", run,
-                 {"optimizer": opt, "generator": GeneratorState(gen), **{f"sampler_{dr}": s for dr, s in samplers.items()}},
-                 "LGCD", log)
+                 {"optimizer": opt, **{f"sampler_{dr}": s for dr, s in samplers.items()}}, "LGCD", log,
+                 {"generator": GeneratorState(gen)}, processes)
+    if not accelerator.is_main_process:
+        return {}
     record["diagnostics"] = generator_diagnostics(core, index, inputs.eval_cases, accelerator.device, tc.eval_batch_size)
     for direction, diag in record["diagnostics"].items():
         log(f"LGCD {direction} on valid: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"

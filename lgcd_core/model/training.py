@@ -15,6 +15,10 @@ each hand :func:`fit` a function that trains one epoch and one that scores valid
   containers, and is read with ``weights_only=True``: a planted file runs no code, it raises
   :class:`DataError` naming it.
 - :func:`finite` turns a loss into a float, or raises :class:`FloatingPointError` saying which.
+- Several processes (data parallel, :mod:`processes`): every process runs the loop on its share of
+  each batch; process 0 alone evaluates and ``processes.agree`` hands its epoch record to all, so they
+  take the same selection and stopping decisions; process 0 alone writes the checkpoint, with every
+  process's RNG and ``local_state`` (its generators) gathered into it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +42,7 @@ from lgcd_core.io import DataError, atomic_path
 
 Log = Callable[[str], None]
 SELECT = "NDCG@10"
+T = TypeVar("T")
 
 
 class Stateful(Protocol):
@@ -57,6 +62,29 @@ class GeneratorState:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["state"])
+
+
+class Processes(Protocol):
+    """The processes of one data-parallel run, as the loop needs them (:class:`processes.AcceleratorProcesses`)."""
+
+    index: int  # this process's rank, 0 for the one that writes
+    count: int  # how many processes train together
+
+    def agree(self, value: T) -> T: ...  # process 0's value, on every process
+
+    def gather(self, value: T) -> list[T]: ...  # every process's value in rank order, on every process (a barrier)
+
+
+class OneProcess:
+    """The run of a single process: nothing to agree on or gather."""
+
+    index, count = 0, 1
+
+    def agree(self, value: T) -> T:
+        return value
+
+    def gather(self, value: T) -> list[T]:
+        return [value]
 
 
 @dataclass(frozen=True)
@@ -113,14 +141,17 @@ def full_ranking(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], k: int = 
 
 def fit(model: nn.Module, train_epoch: Callable[[int], dict], evaluate: Callable[[], dict], budget: Budget,
         checkpoint: Path, fingerprint: str, state: Mapping[str, Stateful] | None = None, name: str = "model",
-        log: Log = print) -> dict:
+        log: Log = print, local_state: Mapping[str, Stateful] | None = None,
+        processes: Processes | None = None) -> dict:
     """Train ``model`` in place and leave it with its best-on-valid weights; returns the training record.
 
-    ``train_epoch(epoch)`` trains one epoch and returns its stats, with the mean training ``loss``;
-    ``evaluate()`` returns valid metrics with ``NDCG@10``; ``state`` holds what else a resume restores.
+    ``train_epoch(epoch)`` trains one epoch and returns its stats, with the mean training ``loss`` (of
+    all processes: the same on each); ``evaluate()`` returns valid metrics with ``NDCG@10``; ``state``
+    holds what else a resume restores, the same on every process (optimizer, samplers), and
+    ``local_state`` what differs between processes (per-process generators).
     """
-    state = state or {}
-    progress, best_state = _resume(model, state, checkpoint, fingerprint, name, log)
+    state, local_state, processes = state or {}, local_state or {}, processes or OneProcess()
+    progress, best_state = _resume(model, state, local_state, processes, checkpoint, fingerprint, name, log)
     while not progress.done:
         progress.epoch += 1
         model.train()
@@ -129,15 +160,18 @@ def fit(model: nn.Module, train_epoch: Callable[[int], dict], evaluate: Callable
         record["seconds"] = time.perf_counter() - started
         if progress.epoch % budget.eval_every == 0 or progress.epoch == budget.max_epochs:
             model.eval()
-            record["valid"] = evaluate()
-            if _improved(progress, record):
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            record["valid"] = evaluate() if processes.index == 0 else {}
+        record = processes.agree(record)  # process 0's evaluation, hence one selection and one stop, everywhere
+        if "valid" in record and _improved(progress, record):
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         progress.epochs.append(record)
         progress.done = progress.epoch >= budget.max_epochs or progress.stale_evals >= budget.patience
         log(_progress_line(name, record, budget))
-        save_checkpoint(checkpoint, {"fingerprint": fingerprint, "model": model.state_dict(), "best_state": best_state,
-                                     "state": {k: obj.state_dict() for k, obj in state.items()},
-                                     "rng": _rng_state(), "progress": asdict(progress)})
+        own = processes.gather({"rng": _rng_state(), "state": {k: obj.state_dict() for k, obj in local_state.items()}})
+        if processes.index == 0:
+            save_checkpoint(checkpoint, {"fingerprint": fingerprint, "model": model.state_dict(), "best_state": best_state,
+                                         "state": {k: obj.state_dict() for k, obj in state.items()},
+                                         "processes": own, "progress": asdict(progress)})
     model.load_state_dict(best_state)
     model.eval()
     best = progress.epochs[progress.best_epoch - 1]
@@ -162,21 +196,41 @@ def _progress_line(name: str, record: dict, budget: Budget) -> str:
     return line + f" ({record['seconds']:.1f}s)"
 
 
-def _resume(model: nn.Module, state: Mapping[str, Stateful], checkpoint: Path, fingerprint: str, name: str,
-            log: Log) -> tuple[Progress, dict | None]:
-    """Restore a checkpoint written for this run; a fresh :class:`Progress` when there is none."""
+def _resume(model: nn.Module, state: Mapping[str, Stateful], local_state: Mapping[str, Stateful], processes: Processes,
+            checkpoint: Path, fingerprint: str, name: str, log: Log) -> tuple[Progress, dict | None]:
+    """Restore a checkpoint written for this run by as many processes; a fresh :class:`Progress` when there is none.
+
+    Every process reads the checkpoint before any of them trains (the gather is a barrier), and all
+    must have read the same epoch.
+    """
+    progress, best_state = _restore(model, state, local_state, processes, checkpoint, fingerprint, name, log)
+    epochs = processes.gather(progress.epoch)
+    if len(set(epochs)) > 1:
+        raise RuntimeError(f"{name}: the processes resumed {checkpoint} at different epochs {epochs}")
+    return progress, best_state
+
+
+def _restore(model: nn.Module, state: Mapping[str, Stateful], local_state: Mapping[str, Stateful], processes: Processes,
+             checkpoint: Path, fingerprint: str, name: str, log: Log) -> tuple[Progress, dict | None]:
+    """This process's part of :func:`_resume`: the shared state, then its own RNG and ``local_state``."""
     if not checkpoint.exists():
         return Progress(), None
     saved = load_checkpoint(checkpoint)
     if saved.get("fingerprint") != fingerprint:
         log(f"{name}: ignoring {checkpoint} (written for another config or data)")
         return Progress(), None
+    if len(saved.get("processes", ())) != processes.count:
+        log(f"{name}: ignoring {checkpoint} (written by another number of processes, or an older version)")
+        return Progress(), None
     model.load_state_dict(saved["model"])
     for key, obj in state.items():
         obj.load_state_dict(saved["state"][key])
-    torch.set_rng_state(saved["rng"]["torch"])
-    if torch.cuda.is_available() and saved["rng"]["cuda"] is not None:
-        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    own = saved["processes"][processes.index]
+    for key, obj in local_state.items():
+        obj.load_state_dict(own["state"][key])
+    torch.set_rng_state(own["rng"]["torch"])
+    if torch.cuda.is_available() and own["rng"]["cuda"] is not None:
+        torch.cuda.set_rng_state_all(own["rng"]["cuda"])
     progress = Progress(**saved["progress"])
     log(f"{name}: resuming from {checkpoint} after epoch {progress.epoch}")
     return progress, saved["best_state"]

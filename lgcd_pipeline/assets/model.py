@@ -7,7 +7,9 @@
 
 Training runs in a work folder under ``datasets/<name>/cache/<stage>_run/`` that keeps the per-epoch
 checkpoints of each run, so a crashed materialization resumes where it stopped; the finished models
-are then published into the stage folder atomically and the work folder is removed.
+are then published into the stage folder atomically and the work folder is removed. Pre-training and
+LGCD training run on ``train_processes`` data-parallel processes (:mod:`lgcd_core.model.launch`: in the
+step's process for 1, ``accelerate launch`` for more).
 """
 
 from __future__ import annotations
@@ -48,10 +50,12 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
     def pretrained_encoders(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
         from lgcd_core.device import resolve_device
         from lgcd_core.model.batches import Inputs
+        from lgcd_core.model.launch import train
         from lgcd_core.model.pretrain import pretrain_encoders
 
         work = work_dir(cfg, PRETRAINED_ENCODERS)
-        stats = pretrain_encoders(cfg, Inputs(*sequence_inputs(cfg)), work, resolve_device(cfg.device), log=context.log.info)
+        stats = train(pretrain_encoders, cfg, Inputs(*sequence_inputs(cfg)), work, resolve_device(cfg.device),
+                      log=context.log.info)
         _publish(work, out_dir)
         return _result(stats, out_dir / PRETRAINED_ENCODERS.loss_curve, "pre-training loss")
 
@@ -65,12 +69,13 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.device import resolve_device
         from lgcd_core.io import read_parquet
         from lgcd_core.model.batches import Inputs
+        from lgcd_core.model.launch import train
         from lgcd_core.model.train_lgcd import train_lgcd_runs
 
         pseudo = read_parquet(PSEUDO_OVERLAP_SEQUENCES.table.path(cfg))
         work = work_dir(cfg, LGCD_MODEL)
-        stats = train_lgcd_runs(cfg, Inputs(*sequence_inputs(cfg), pseudo_overlap=pseudo), PRETRAINED_ENCODERS.path(cfg),
-                                work, resolve_device(cfg.device), log=context.log.info)
+        stats = train(train_lgcd_runs, cfg, Inputs(*sequence_inputs(cfg), pseudo_overlap=pseudo), work,
+                      resolve_device(cfg.device), context.log.info, encoders_dir=PRETRAINED_ENCODERS.path(cfg))
         _publish(work, out_dir)
         return _result({"runs": sorted(stats), **stats})
 
