@@ -348,3 +348,25 @@ def test_schedule_reaches_the_model(toy):
     data, index = toy
     model = _model(index, data, {"diffusion.schedule": "linear", "diffusion.beta_max": 0.05})
     assert torch.allclose(model.schedule.betas[1:], torch.linspace(1e-4, 0.05, 10, dtype=torch.float64))
+
+
+def test_rec_loss_sampled_softmax_against_a_hand_computed_case(toy):
+    data, index = toy
+    h = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    model = _model(index, data, {"training.rec_negatives": 3})
+    gen_seed = 7
+    neg = torch.randint(0, 4, (3,), generator=torch.Generator().manual_seed(gen_seed))
+    got = model.rec_loss(h, items, labels, torch.Generator().manual_seed(gen_seed))
+    for row in range(2):  # log-sum-exp over the target and the draws that are not the target, minus the target's logit
+        logits = [float(h[row] @ items[labels[row]])] + [float(h[row] @ items[j]) for j in neg if j != labels[row]]
+        expected = np.log(np.sum(np.exp(logits))) - logits[0]
+        assert got[row].item() == pytest.approx(expected, rel=1e-5)
+    # as many negatives as items or more: the paper's full softmax, no draw
+    full = _model(index, data, {"training.rec_negatives": 4}).rec_loss(h, items, labels, None)
+    assert torch.allclose(full, torch.nn.functional.cross_entropy(h @ items.T, labels, reduction="none"))
+    # and the loss of a training batch changes with the option while staying finite
+    base, _ = _losses(data, index)
+    sampled, _ = _losses(data, index, {"training.rec_negatives": 5})
+    assert torch.isfinite(sampled["rec"]) and sampled["rec"] != base["rec"]

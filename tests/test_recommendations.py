@@ -191,17 +191,21 @@ def test_the_stage_recommends_k_new_target_items_to_every_single_domain_and_held
 
 
 def test_held_out_rankings_are_the_evaluations_full_ranking_order(served) -> None:
-    """Same model, same history: the stage's list is the evaluation scorer's order of the items the user lacks."""
-    from lgcd_core.evaluation.run import source_only
+    """Same model, same history: the stage's list is the evaluation scorer's order of the items the user lacks.
+
+    The stage reads a held-out user's whole history (target-domain items too, ``read_target_history``),
+    as the evaluation's ``mixed_history`` setting does with ``lgcd_reads_target_history``.
+    """
     from lgcd_core.model.scoring import load_lgcd_scorer
 
     data, stage, table = served["data"], served["stage"], served["table"]
     items, cases = data["items"], data["eval_cases"]
     domains = item_domains(items)
-    scorer = source_only(load_lgcd_scorer(stage / "lgcd_model", stage / "pretrained_encoders", data["embeddings"], items,
-                                          "cpu"), domains)
+    scorer = load_lgcd_scorer(stage / "lgcd_model", stage / "pretrained_encoders", data["embeddings"], items, "cpu",
+                              read_target_history=True)
     target_domains = np.asarray(cases.column("target_domain").to_pylist())
-    histories = filter_histories(cases.column("history"), target_domains, domains, "inter_domain")  # as score_all
+    histories = filter_histories(cases.column("history"), target_domains, domains, "mixed_history")  # as score_all
+    assert any(domains[i] == d for h, d in zip(histories, target_domains) for i in h)  # some users have both histories
     stored = {}
     for r in table.filter(pa.compute.equal(table["user_type"], "held_out")).to_pylist():
         stored.setdefault(r["case_id"], []).append(r)
@@ -289,10 +293,13 @@ def test_export_round_trip_in_a_fresh_process(served, tmp_path: Path) -> None:
     first, loaded = fresh.stdout.splitlines()
     served_list = json.loads(first)
     assert json.loads(loaded) == []  # no Dagster in the service
-    here = lgcd_recommender(stage / "lgcd_model", stage / "pretrained_encoders", data["embeddings"], data["items"], "cpu")
-    expected = here.recommend(history, "B", 5)
+    assert config["recommendations"]["read_target_history"] is True  # the Kitchen item i55 is read, not recommended
+    args = (stage / "lgcd_model", stage / "pretrained_encoders", data["embeddings"], data["items"], "cpu")
+    expected = lgcd_recommender(*args, read_target_history=True).recommend(history, "B", 5)
     assert [x[0] for x in served_list] == [x[0] for x in expected] and "i55" not in [x[0] for x in served_list]
     np.testing.assert_allclose([x[2] for x in served_list], [x[2] for x in expected], rtol=1e-5, atol=1e-5)
+    source_only = lgcd_recommender(*args).recommend(history, "B", 5)
+    assert [x[2] for x in source_only] != [x[2] for x in expected]  # reading i55 changes the scores
     # a second export replaces the first; a folder that is not an export is never overwritten
     assert _cli(served, "export", "--dataset", "tiny", "--out", str(out)).returncode == 0
     (tmp_path / "mine").mkdir()

@@ -386,16 +386,32 @@ class LGCDModel(nn.Module):
         else:
             h_rev = torch.zeros_like(h_cond)  # 'w/o diffusion': the fusion reads the condition only
         h_final = head.fusion(h_cond, h_rev)  # eq. 23-24
-        # eq. 25 over the real items: column 0 (padding) is left out rather than set to -inf in place,
-        # which made autograd copy and refill the whole (N, n_items) gradient
-        logits = h_final @ self.target_items(target)[1:].T
-        ce = F.cross_entropy(logits.float(), labels - 1, reduction="none")
+        ce = self.rec_loss(h_final, self.target_items(target)[1:], labels - 1, generator)
         w = torch.where(pseudo, torch.full_like(ce, weights.pseudo_rec), torch.ones_like(ce))
         out["rec"] = (ce * w).sum() / w.sum().clamp(min=1e-8)
         out["total"] = (out["rec"] + weights.diff * out["diff"] + weights.guess * out["guess"]
                         + weights.align * out["align"])  # eq. 26 (overlap) + eq. 27 (pseudo)
         out["n_targets"] = torch.tensor(float(len(bi)))
         return out
+
+    def rec_loss(self, h_final: torch.Tensor, items: torch.Tensor, labels: torch.Tensor,
+                 generator: torch.Generator | None) -> torch.Tensor:
+        """Per-target cross-entropy of eq. 25: (N, d) user vectors, (n, d) real items, (N,) labels in 0..n-1.
+
+        ``training.rec_negatives`` null: full softmax over the n items (the paper); the padding column
+        is left out rather than set to -inf in place, which made autograd copy the whole (N, n) gradient.
+        An integer m < n: sampled softmax over the target and m items drawn uniformly (with replacement),
+        shared by the batch; a draw equal to a row's target is masked out of that row. A uniform
+        proposal makes the log-Q correction the same for every column, so it cancels.
+        """
+        m = self.cfg.training.rec_negatives
+        if m is None or m >= items.shape[0]:
+            return F.cross_entropy((h_final @ items.T).float(), labels, reduction="none")
+        neg = torch.randint(0, items.shape[0], (m,), generator=generator).to(labels.device)
+        pos_logit = (h_final * items[labels]).sum(-1, keepdim=True)
+        neg_logits = (h_final @ items[neg].T).masked_fill(neg[None, :] == labels[:, None], float("-inf"))
+        logits = torch.cat([pos_logit, neg_logits], dim=1).float()
+        return F.cross_entropy(logits, torch.zeros_like(labels), reduction="none")
 
     def forward(self, direction: str, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Training forward = :meth:`losses` (so a DDP/accelerate wrapper syncs its gradients)."""
@@ -444,8 +460,23 @@ class LGCDModel(nn.Module):
         return out
 
     def user_vectors(self, direction: str, src: torch.Tensor, tgt_history: torch.Tensor | None = None) -> torch.Tensor:
-        """h_final of every row after its whole source history: (B, Ls) -> (B, d) (see :meth:`infer`)."""
-        return self.fuse(self.infer(direction, src, tgt_history), src.shape[0])
+        """h_final of every row after its whole source history: (B, Ls) -> (B, d) (see :meth:`infer`).
+
+        ``tgt_history`` (B, Lt), our mixed-history extension: a row with target-domain items also gets
+        ``interpretation.target_history_weight`` times the pretrained target-domain encoder's user
+        vector of those items (eq. 1-3) added. Both vectors score against the same E_fusion^target
+        (eq. 25), so the sum multiplies the two models' next-item softmaxes (a product of experts):
+        LGCD's cross-domain preference and the user's own target-domain sequence.
+        """
+        out = self.fuse(self.infer(direction, src, tgt_history), src.shape[0])
+        weight = self.cfg.interpretation.target_history_weight
+        if tgt_history is None or weight == 0.0:
+            return out
+        has = (tgt_history != 0).any(1)
+        if bool(has.any()):
+            own = self.enc[direction[1]].user_vector(tgt_history[has])
+            out[has] = out[has] + weight * own
+        return out
 
     def scores(self, direction: str, src: torch.Tensor, tgt_history: torch.Tensor | None = None) -> torch.Tensor:
         """(B, Ls) source local ids -> (B, n_target+1) scores over the target domain's local items."""

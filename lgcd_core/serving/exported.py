@@ -127,5 +127,6 @@ def load(folder: str | Path, device: str = "cpu", verify: bool = False, **settin
     flat = vectors.flatten().to_numpy().reshape(len(vectors), -1)
     domains = np.asarray(items.column("domain").to_pylist())  # rows in item_idx order (the Recommender checks)
     item_vectors = {d: torch.from_numpy(flat[domains == d].copy()) for d in DOMAINS}
-    options = {k: config["recommendations"][k] for k in ("faiss_above", "batch_size")} | settings
+    options = {k: config["recommendations"][k] for k in ("faiss_above", "batch_size", "read_target_history")
+               if k in config["recommendations"]} | settings
     return lgcd_recommender(folder, folder, np.load(folder / EMBEDDINGS), items, device, item_vectors=item_vectors, **options)

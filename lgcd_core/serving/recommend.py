@@ -3,10 +3,12 @@
 Who gets recommendations, and from what:
 - every single-domain user of the training data (``user_type`` A-only / B-only): the OTHER domain,
   from their whole (source-domain) sequence;
-- every held-out user (one evaluation case each): the case's target domain, from the case's history
-  as the evaluation's ``inter_domain`` setting sees it (the source-domain items only, the same
-  :func:`~lgcd_core.evaluation.settings.filter_histories`), so for the same model a held-out user's
-  list is the evaluation's full-ranking order of the target domain's items.
+- every held-out user (one evaluation case each): the case's target domain, from the case's whole
+  history. LGCD reads its source-domain items and, with ``recommendations.read_target_history``, its
+  target-domain items too (``LGCDModel.user_vectors``), as the evaluation's ``mixed_history`` setting
+  does with ``evaluation.lgcd_reads_target_history``; without, the source items only, as in
+  ``inter_domain``. Either way a held-out user's list is the evaluation's full-ranking order of the
+  target domain's items under the matching setting.
 Items the user already has (the target-domain items of their history) are never recommended.
 
 Held-out users have no row in ``sequences.parquet``, and ``eval_cases.parquet`` carries their
@@ -25,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lgcd_core.evaluation.settings import filter_histories, item_domains
+from lgcd_core.evaluation.settings import item_domains
 from lgcd_core.io import DataError
 from lgcd_core.model.batches import DOMAINS, other
 
@@ -55,7 +57,7 @@ class Users:
     user_type: np.ndarray  # str
     case_id: np.ndarray  # int, -1 for training users
     target_domain: np.ndarray  # 'A' / 'B'
-    history: list[list[int]]  # what the model reads (source-domain items)
+    history: list[list[int]]  # the user's items, both domains (the model reads what its settings allow)
     exclude: list[list[int]]  # what is never recommended (the target-domain items the user has)
 
     def __len__(self) -> int:
@@ -86,8 +88,7 @@ def serving_users(items: pa.Table, sequences: pa.Table, eval_cases: pa.Table, us
     case_users = eval_cases.column("user_idx").to_numpy().astype(np.int64)
     if len(case_users) and case_users.max() >= len(user_ids):
         raise DataError("eval_cases.user_idx: a held-out user is not in filtered_interactions; re-materialize sequences")
-    readable = filter_histories(eval_cases.column("history"), case_targets, domains, "inter_domain")
-    full = eval_cases.column("history").to_pylist()
+    full = eval_cases.column("history").to_pylist()  # both domains: the model reads what its settings allow
     return Users(
         user_id=np.concatenate([single.column("user_id").to_numpy(zero_copy_only=False).astype(object),
                                 user_ids[case_users]]),
@@ -95,7 +96,7 @@ def serving_users(items: pa.Table, sequences: pa.Table, eval_cases: pa.Table, us
         user_type=np.concatenate([types, np.full(len(case_users), HELD_OUT, dtype=object)]),
         case_id=np.concatenate([np.full(len(types), -1), eval_cases.column("case_id").to_numpy()]).astype(np.int64),
         target_domain=np.concatenate([np.asarray([other(t[0]) for t in types], dtype=object), case_targets]),
-        history=seqs + readable,
+        history=seqs + full,
         exclude=[[i for i in h if domains[i] == other(t[0])] for h, t in zip(seqs, types)]
         + [[i for i in h if domains[i] == t] for h, t in zip(full, case_targets)],
     )
@@ -178,12 +179,13 @@ def sample_markdown(users: Users, ids: np.ndarray, scores: np.ndarray, items: pa
     if n == 0 or len(users) == 0:
         return ""
     titles = np.asarray([""] + items.column("title").to_pylist(), dtype=object)
+    domains = item_domains(items)
     chosen = np.sort(np.random.default_rng(seed).choice(len(users), size=min(n, len(users)), replace=False))
     lines = [f"| user | type | history (newest {shown}, source domain) | top {shown} recommended (score) |",
              "|---|---|---|---|"]
     for u in chosen:
         target = str(users.target_domain[u])
-        source = [titles[i] for i in users.history[u][-shown:]][::-1]
+        source = [titles[i] for i in users.history[u] if domains[i] != target][-shown:][::-1]
         recs = [f"{titles[i]} ({s:.2f})" for i, s in zip(ids[u][:shown], scores[u][:shown]) if i > 0]
         kind = users.user_type[u] if users.case_id[u] < 0 else f"held-out (case {users.case_id[u]})"
         lines.append(f"| {users.user_id[u]} | {kind}, → {domain_names[target]} | {_cell(source)} | {_cell(recs)} |")
@@ -211,7 +213,8 @@ def run_recommendations(cfg, items: pa.Table, sequences: pa.Table, eval_cases: p
                         f"materialize {cfg.name}/lgcd_model first")
     users = serving_users(items, sequences, eval_cases, user_ids_by_idx(interaction_user_ids, sequences))
     recommender = lgcd_recommender(model_dir, encoders_dir, embeddings, items, device,
-                                   faiss_above=rc.faiss_above, batch_size=rc.batch_size)
+                                   read_target_history=rc.read_target_history, faiss_above=rc.faiss_above,
+                                   batch_size=rc.batch_size)
     ids, scores, stats = recommend_users(recommender, users, rc.k, log)
     table = recommendations_table(users, ids, scores, items)
     write_parquet(table, out_path)

@@ -132,7 +132,8 @@ class Recommender:
         """[(item_id, title, score)] of the ``k`` best ``target_domain`` items for one history of item ids.
 
         The history's source-domain items (the other domain) condition the model; its target-domain
-        items are never recommended. Ids not in the item table are skipped (``unknown="raise"``: KeyError).
+        items are never recommended (with ``read_target_history`` they also add the user's own
+        target-domain vector, see ``LGCDModel.user_vectors``). Ids not in the item table are skipped (``unknown="raise"``: KeyError).
         """
         if target_domain not in DOMAINS:
             raise ValueError(f"target_domain must be one of {DOMAINS}, got {target_domain!r}")
@@ -146,20 +147,29 @@ class Recommender:
 # ---- LGCD ------------------------------------------------------------------------------------------
 
 
-def lgcd_user_vectors(model, index: ItemIndex, device: str) -> UserVectors:
-    """``LGCDModel.user_vectors`` of each history's source-domain items (the newest ``max_len``)."""
+def lgcd_user_vectors(model, index: ItemIndex, device: str, read_target_history: bool = False) -> UserVectors:
+    """``LGCDModel.user_vectors`` of each history's source-domain items (the newest ``max_len``).
+
+    ``read_target_history``: the history's target-domain items (the newest ``max_len``) are passed too,
+    for the users who have some (see ``LGCDModel.user_vectors``).
+    """
     max_len = model.cfg.architecture.max_len
 
     def user_vectors(histories: list[list[int]], target_domain: str) -> torch.Tensor:
         source = other(target_domain)
         (src,) = trim_left(pad_left(index.to_local(histories, source), max_len))
-        return model.user_vectors(source + target_domain, src.to(device))
+        tgt = None
+        if read_target_history:
+            (tgt,) = trim_left(pad_left(index.to_local(histories, target_domain), max_len))
+            tgt = tgt.to(device)
+        return model.user_vectors(source + target_domain, src.to(device), tgt)
 
     return user_vectors
 
 
 def lgcd_recommender(model_dir: Path, encoders_dir: Path, embeddings: np.ndarray, items: pa.Table, device: str,
-                     item_vectors: dict[str, torch.Tensor] | None = None, **settings) -> Recommender:
+                     item_vectors: dict[str, torch.Tensor] | None = None, read_target_history: bool = False,
+                     **settings) -> Recommender:
     """A :class:`Recommender` of the trained LGCD model in ``model_dir`` (with its encoders in ``encoders_dir``).
 
     ``item_vectors``: stored vectors to use instead of the model's own (an exported folder);
@@ -173,4 +183,5 @@ def lgcd_recommender(model_dir: Path, encoders_dir: Path, embeddings: np.ndarray
     if item_vectors is None:
         with torch.no_grad():
             item_vectors = {d: model.target_items(d)[1:] for d in DOMAINS}
-    return Recommender(items, lgcd_user_vectors(model, index, device), item_vectors, device=device, **settings)
+    return Recommender(items, lgcd_user_vectors(model, index, device, read_target_history), item_vectors, device=device,
+                       **settings)
