@@ -68,6 +68,23 @@ def title_word_rates(grounded: pa.Table, items: pa.Table, real_targets: dict[int
     return float(np.mean(ours)), float(np.mean(chance))
 
 
+def signal_figures(cfg, pseudo: pa.Table, items: pa.Table, training: pa.Table, users: pa.Table,
+                   real_targets: dict[int, list[int]], vectors: np.ndarray, device: str, seed: int) -> dict:
+    """Ground the answers of ``pseudo`` and measure both signals (ours and chance) on ``users``.
+
+    Shared with ``bench.llm_throughput``, which compares the signal of several LLM settings.
+    """
+    from lgcd_core.language.grounding import category_overlap_rate, ground_pseudo_texts
+
+    grounded, _ = ground_pseudo_texts(pseudo, items, cfg, device, item_embeddings=vectors, sequences=users)
+    ours, chance = title_word_rates(grounded, items, real_targets, seed)
+    both = pa.concat_tables([training.select(users.column_names).cast(users.schema), users])
+    co = category_overlap_rate(grounded, items, both)
+    return {"title_word": ours, "title_word_chance": chance, "copurchase": co["copurchase_rate"],
+            "copurchase_chance": co["copurchase_rate_chance"],
+            "copurchase_lift": co["copurchase_rate"] / max(co["copurchase_rate_chance"], 1e-9)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="food_kitchen")
@@ -79,7 +96,6 @@ def main() -> None:
 
     from lgcd_core.config import dataset_path, load_dataset_config
     from lgcd_core.device import resolve_device
-    from lgcd_core.language.grounding import category_overlap_rate, ground_pseudo_texts
     from lgcd_core.language.pseudo_text import generate_pseudo_texts
 
     cfg = load_dataset_config(dataset_path(args.dataset))
@@ -92,10 +108,7 @@ def main() -> None:
     device = resolve_device(cfg.device)
     cache = cfg.stage_dir("cache") / "llm_signal_bench"
     pseudo, gen_stats = generate_pseudo_texts(cfg, items, users, cache, device)
-    grounded, _ = ground_pseudo_texts(pseudo, items, cfg, device, item_embeddings=vectors, sequences=users)
-    ours, chance = title_word_rates(grounded, items, real_targets, args.seed)
-    both = pa.concat_tables([training.select(users.column_names).cast(users.schema), users])
-    co = category_overlap_rate(grounded, items, both)
+    fig = signal_figures(cfg, pseudo, items, training, users, real_targets, vectors, device, args.seed)
     lines = [
         f"# Grounding signal on {args.dataset} (valid users' source histories; targets never read)",
         "",
@@ -106,9 +119,10 @@ def main() -> None:
         "",
         "| measure | grounded items | random target-domain items | lift |",
         "|---|---:|---:|---:|",
-        f"| shares a title word with the user's real target-domain items | {ours:.3f} | {chance:.3f} | {ours / chance:.2f} |",
-        f"| co-purchased with a source item in training data | {co['copurchase_rate']:.3f} | {co['copurchase_rate_chance']:.3f} | "
-        f"{co['copurchase_rate'] / max(co['copurchase_rate_chance'], 1e-9):.2f} |",
+        f"| shares a title word with the user's real target-domain items | {fig['title_word']:.3f} | "
+        f"{fig['title_word_chance']:.3f} | {fig['title_word'] / fig['title_word_chance']:.2f} |",
+        f"| co-purchased with a source item in training data | {fig['copurchase']:.3f} | {fig['copurchase_chance']:.3f} | "
+        f"{fig['copurchase_lift']:.2f} |",
     ]
     publish("\n".join(lines) + "\n", f"grounding_signal_{args.dataset}.md")
 

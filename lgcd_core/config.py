@@ -232,6 +232,7 @@ class LLMConfig(_Section):
     history_items: int = Field(default=10, ge=1)  # the user's most recent source items the prompt lists (every source reads them)
     n_descriptions: int | None = Field(default=None, ge=1)  # target items the prompt asks for; null: grounding.n_k (eq. 4)
     max_item_chars: int = Field(default=160, ge=8)  # each history item's text is cut to this
+    quantize: Literal["none", "int8"] = "none"  # int8: dynamic int8 quantisation of the linear layers (transformers on CPU only)
     template_a_to_b: str = "default"  # prompt template for A-only users (a file with {items}); 'default' = packaged
     template_b_to_a: str = "default"  # prompt template for B-only users
     trust_remote_code: bool = False  # let transformers run the model repository's own code

@@ -12,9 +12,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from lgcd_core.config import DatasetConfig, GenerationConfig, HttpBackendConfig
-from lgcd_core.language.generation_cache import GenerationCache
-from lgcd_core.language.llm_backends import HttpBackend, complete_list_criteria, resolve_llm
+from lgcd_core.config import ConfigError, DatasetConfig, GenerationConfig, HttpBackendConfig, LLMConfig
+from lgcd_core.language.generation_cache import GenerationCache, cache_key
+from lgcd_core.language.llm_backends import GenerationTimer, HttpBackend, TransformersBackend, complete_list_criteria, resolve_llm
+from lgcd_core.language.parsing import parse_answer
 from lgcd_core.language.pseudo_text import GenerationError, generate_pseudo_texts
 
 
@@ -49,6 +50,49 @@ def test_generation_stops_once_a_row_has_its_n_complete_items():
                         [0, 0, 2, 1, 2],   # a preamble and one item: not yet
                         [0, 1, 2, 2, 3]])  # the second item is still being written: not yet
     assert stop(ids, None).tolist() == [True, False, False]
+
+
+def test_int8_quantisation_enters_the_cache_key_and_runs_on_the_cpu_only():
+    plain, int8 = TransformersBackend(LLMConfig(), "cpu"), TransformersBackend(LLMConfig(quantize="int8"), "cpu")
+    assert "quantize" not in plain.settings  # answers cached before the field existed keep their keys
+    assert int8.settings == {**plain.settings, "quantize": "int8"}
+    assert cache_key(plain.model_id, "t", "p", plain.settings) != cache_key(int8.model_id, "t", "p", int8.settings)
+    with pytest.raises(ConfigError, match="CPU only"):
+        TransformersBackend(LLMConfig(quantize="int8"), "mps")
+
+
+def test_generation_timer_counts_the_first_pass_of_a_batch_as_prefill():
+    import torch
+
+    timer = GenerationTimer()
+    for _ in range(2):  # two batches of one prefill pass and three decoding passes each
+        start = timer.start_batch()
+        for step in range(4):
+            timer.before_forward()
+            time.sleep(0.02 if step == 0 else 0.001)
+            timer.after_forward()
+        enc = {"input_ids": torch.ones(2, 5), "attention_mask": torch.tensor([[1] * 5, [0, 0, 1, 1, 1]])}
+        timer.end_batch(start, enc, torch.zeros(2, 3), 4)
+    stats = timer.stats()
+    assert stats["prefill_s"] >= 0.04 and stats["prefill_s"] > stats["decode_s"] > 0
+    assert (stats["prompt_tokens"], stats["padded_prompt_tokens"], stats["answer_tokens"], stats["decode_slots"]) == (16, 20, 8, 12)
+
+
+@pytest.mark.slow
+def test_int8_swaps_every_linear_layer_and_answers_still_parse():
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    llm = LLMConfig(quantize="int8", n_descriptions=3, generation=GenerationConfig(max_new_tokens=48))
+    backend = TransformersBackend(llm, "cpu")
+    modules = list(backend.model.modules())
+    assert any(isinstance(m, DynamicLinear) for m in modules)
+    assert not any(type(m) is torch.nn.Linear for m in modules)
+    prompt = "List 3 kitchen products for a tea lover, one per line, numbered."
+    answers = backend.generate([prompt, prompt + " Short names only."])
+    assert all(parse_answer(a.text, 3)[0] for a in answers), [a.text for a in answers]
+    timing = backend.run_stats()["llm_timing"]
+    assert timing["prefill_s"] > 0 and timing["decode_s"] > 0 and timing["answer_tokens"] == sum(a.n_tokens for a in answers)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ with ``usable=False``.
 The token cap (``generation.max_new_tokens``; null: sized for n items, ``LLMConfig.resolved``) is
 meant never to bind: the transformers backend stops an answer once its list is complete. An answer
 that still reaches the cap before n complete items is ``cut``: its unfinished last line is not read,
-and ``cut_share`` in the stats says how often that happened.
+and ``cut_share`` in the stats says how often that happened. The transformers backend adds
+``llm_timing``: prompt and answer tokens (with and without padding) and the seconds of prefill vs
+decoding, the split that ``bench.llm_throughput`` reports per user.
 
 When ``pseudo_overlap.source`` is not ``llm`` the stage generates nothing and writes an empty table
 (the LLM-free sources are grounded by ``grounded_items`` directly).
