@@ -1,6 +1,6 @@
 """LGCD's ablation study on valid (the paper's Table 3 and the diagnostics of issue 13), with paired intervals.
 
-    python -m bench.ablations --workspace DIR [--dataset food_kitchen] [--rows full,wo_diffusion,...]
+    python -m bench.ablations --workspace DIR [--dataset food_kitchen] [--rows full,wo_diffusion,...] [--out FILE]
         [--seeds 0,1,2] [--reference full] [--set lgcd.section.field=value ...]
 
 ``DIR`` is a pipeline workspace whose upstream stages are materialized, e.g. the ``--keep`` folder of
@@ -21,7 +21,7 @@ candidates (``evaluation.candidate_seed``) and full ranking. The table gives eac
 HR@10 per target domain (mean ± std over seeds) and its difference to ``--reference`` (paired by
 case, pooled over the seeds both have, 95% bootstrap interval over cases; the evaluation stage's
 comparisons code). Only valid is read: nothing here can select on test. Output:
-``bench/results/ablations_<dataset>.md`` (the command of every row is printed above the table).
+``bench/results/ablations_<dataset>.md`` or ``--out`` (the command is printed above the table).
 """
 
 from __future__ import annotations
@@ -68,6 +68,12 @@ ROWS: dict[str, Row] = {
     "pseudo_llm_500": Row("+ 500 LLM pseudo users (the paper's source)", pseudo="llm:500"),
     "pseudo_collab_all": Row("+ every single-domain user, collaborative", pseudo="collaborative:all"),
     "pseudo_text_all": Row("+ every single-domain user, text", pseudo="text:all"),
+    "wo_align_llm_500": Row("w/o L_align + 500 LLM pseudo users (L_align acts on pseudo rows only)",
+                            {"ablations.alignment_loss": False}, "llm:500"),
+    "pseudo_llm_500_rec0": Row("+ 500 LLM pseudo users, no L_rec on pseudo rows (they train the generator only)",
+                               {"loss_weights.pseudo_rec": 0.0}, "llm:500"),
+    "pseudo_collab_500_rec0": Row("+ 500 collaborative pseudo users, no L_rec on pseudo rows",
+                                  {"loss_weights.pseudo_rec": 0.0}, "collaborative:500"),
     "wo_diffusion_collab_all": Row("w/o diffusion + every single-domain user, collaborative",
                                    {"ablations.use_diffusion": False}, "collaborative:all"),
 }
@@ -207,6 +213,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="lgcd.SECTION.FIELD=VALUE",
                         help="change the YAML's lgcd section for every row (repeatable)")
     parser.add_argument("--score-only", action="store_true", help="train nothing; score the rows already trained")
+    parser.add_argument("--out", default=None, help="results file name under bench/results (default ablations_<dataset>.md)")
     args = parser.parse_args()
     os.environ.update({"LGCD_DATASETS_DIR": str(args.workspace / "datasets"), "LGCD_DATA_ROOT": str(args.workspace / "data"),
                        "HF_HUB_OFFLINE": "1"})
@@ -256,7 +263,7 @@ def main() -> None:
     for protocol, label in (("sampled999", "999 sampled negatives (the paper's protocol)"), ("full", "full ranking")):
         out += [f"## {label}", "", *table(ranks, comparisons, [r for r in rows if r in runs], args.reference, names, protocol, runs), ""]
     out += ["## Generator diagnostics (valid)", "", *diagnostics_lines(runs), ""]
-    publish("\n".join(out), f"ablations_{args.dataset}.md")
+    publish("\n".join(out), args.out or f"ablations_{args.dataset}.md")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -1,6 +1,7 @@
 """Users/s of the `recommendations` stage's scoring: exact top-K against FAISS, as a ratio.
 
     python -m bench.recommend_speed [--dataset demo] [--keep DIR] [--sizes 10000,50000,200000] [--set section.field=value ...]
+    python -m bench.recommend_speed --dataset food_kitchen --model-dir RUN [--max-users N]
 
 Two tables, both written to bench/results/recommend_speed.md:
 
@@ -12,6 +13,12 @@ Two tables, both written to bench/results/recommend_speed.md:
    the model's width, the stage's k, batch and number of excluded items per user): where FAISS starts
    to pay, i.e. what ``recommendations.faiss_above`` should be on this machine.
 
+With ``--model-dir RUN`` (a trained LGCD folder holding ``lgcd.safetensors`` and ``lgcd.json``, such as
+``bench.ablations``' ``DIR/ablations/full/seed0``), that model replaces the dataset's ``lgcd_model``
+stage: the stage's own function (``run_recommendations``) scores every user once, and its users/s and
+its sample of ten users (the table the UI shows as metadata) go into the results. ``--max-users N``
+times the exact/FAISS comparison on a seeded subset of N users (the stage row always covers all).
+
 Data: with ``--dataset NAME`` whose ``lgcd_model`` stage exists under the data root (``LGCD_DATA_ROOT``
 or ``datasets/``), that one (e.g. ``--dataset food_kitchen`` after the reproduction). Otherwise the
 demo is built in an isolated workspace (temporary, or ``--keep DIR`` to reuse it): only the stages the
@@ -22,6 +29,7 @@ recommendations read, with deviations that do not change how a user is scored (p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -86,10 +94,28 @@ def _timed(fn, repeat: int = 3) -> tuple[float, object]:
     return best, result
 
 
-def _model_rows(cfg, repeat: int) -> tuple[list[str], int]:
+def _stage_run(cfg, model_dir: Path) -> dict:
+    """The stage's own function on every user with the model in ``model_dir``: its stats, with its sample table."""
+    import pyarrow.parquet as pq
+
+    from lgcd_core.device import resolve_device
+    from lgcd_core.serving.recommend import run_recommendations
+    from lgcd_core.stages import FILTERED_INTERACTIONS, PRETRAINED_ENCODERS
+    from lgcd_pipeline.stage import sequence_inputs
+
+    items, sequences, eval_cases, embeddings = sequence_inputs(cfg)
+    user_ids = pq.read_table(FILTERED_INTERACTIONS.table.path(cfg), columns=["user_id"]).column("user_id")
+    with tempfile.TemporaryDirectory(prefix="lgcd-recommend-speed-") as out:
+        return run_recommendations(cfg, items, sequences, eval_cases, embeddings, user_ids, model_dir,
+                                   PRETRAINED_ENCODERS.path(cfg), Path(out) / "recommendations.parquet",
+                                   resolve_device(cfg.device))
+
+
+def _model_rows(cfg, repeat: int, model_dir: Path, max_users: int | None, stage: dict) -> tuple[list[str], int]:
     import pyarrow.parquet as pq
     import torch
 
+    from lgcd_core.config import LGCDConfig
     from lgcd_core.device import resolve_device
     from lgcd_core.serving.recommend import serving_users, user_ids_by_idx
     from lgcd_core.serving.recommender import lgcd_recommender
@@ -97,15 +123,20 @@ def _model_rows(cfg, repeat: int) -> tuple[list[str], int]:
     from lgcd_core.stages import FILTERED_INTERACTIONS, LGCD_MODEL, PRETRAINED_ENCODERS
     from lgcd_pipeline.stage import sequence_inputs
 
-    rc, diffusion = cfg.recommendations, cfg.lgcd.diffusion
+    rc = cfg.recommendations
+    diffusion = LGCDConfig.model_validate(json.loads((model_dir / LGCD_MODEL.meta).read_text())["lgcd"]).diffusion
     items, sequences, eval_cases, embeddings = sequence_inputs(cfg)
     user_ids = pq.read_table(FILTERED_INTERACTIONS.table.path(cfg), columns=["user_id"]).column("user_id")
     users = serving_users(items, sequences, eval_cases, user_ids_by_idx(user_ids, sequences))
     device = resolve_device(cfg.device)
-    rec = lgcd_recommender(LGCD_MODEL.path(cfg), PRETRAINED_ENCODERS.path(cfg), embeddings, items, device,
-                           faiss_above=rc.faiss_above, batch_size=rc.batch_size)
-    n = len(users)
-    groups = {d: np.flatnonzero(users.target_domain == d) for d in ("A", "B")}
+    rec = lgcd_recommender(model_dir, PRETRAINED_ENCODERS.path(cfg), embeddings, items, device,
+                           read_target_history=rc.read_target_history, faiss_above=rc.faiss_above,
+                           batch_size=rc.batch_size)
+    timed = np.arange(len(users))
+    if max_users is not None and max_users < len(users):
+        timed = np.sort(np.random.default_rng(0).choice(len(users), size=max_users, replace=False))
+    n = len(timed)
+    groups = {d: timed[users.target_domain[timed] == d] for d in ("A", "B")}
 
     def run(search: str):
         return {d: rec.top_k([users.history[r] for r in rows], d, rc.k, [users.exclude[r] for r in rows], search=search)
@@ -133,19 +164,22 @@ def _model_rows(cfg, repeat: int) -> tuple[list[str], int]:
         t_search_faiss, _ = _timed(lambda: search_only(faiss_top_k), repeat)
     sizes = " / ".join(f"{len(rec.global_ids[d])}" for d in ("A", "B"))
     towards = ", ".join(f"{len(r)} towards {d}" for d, r in groups.items())
-    meta = _stage_metadata(cfg.name)
+    meta = stage or _stage_metadata(cfg.name)
+    which = f"`{cfg.name}` default LGCD" if model_dir == LGCD_MODEL.path(cfg) else f"LGCD of `{model_dir}`"
+    subset = f" (timed rows: a seeded sample of {n} of {len(users)} users)" if n < len(users) else ""
     lines = [
-        f"Model: `{cfg.name}` default LGCD (d = {rec.item_vectors['A'].shape[1]}, T = {diffusion.T}, "
+        f"Model: {which} (d = {rec.item_vectors['A'].shape[1]}, T = {diffusion.T}, "
         f"λ {diffusion.lambda_A} / {diffusion.lambda_B}, {diffusion.sampler_steps} reverse jumps); "
-        f"{n} users ({towards}); catalogue "
+        f"{n} users ({towards}){subset}; catalogue "
         f"A / B = {sizes} items; k = {rc.k}, batch {rc.batch_size}; device {device}. Best of {repeat} after a warm-up.",
         "",
         "| what | exact (users/s) | FAISS (users/s) | FAISS / exact | same lists |",
         "|---|---:|---:|---:|---|",
     ]
     if meta:
-        lines.append(f"| the stage as materialized ({meta.get('per_domain', {}).get('B', {}).get('search', '?')} search, "
-                     f"whole asset run) | {meta.get('users_per_s', float('nan')):.0f} | | | |")
+        search = meta.get("per_domain", {}).get("B", {}).get("search", "?")
+        lines.append(f"| the stage {'function' if stage else 'as materialized'} ({search} search, all "
+                     f"{meta.get('users', '?')} users) | {meta.get('users_per_s', float('nan')):.0f} | | | |")
     lines += [
         f"| user vectors + top-K (end to end) | {n / t_exact:.0f} | {n / t_faiss:.0f} | {t_exact / t_faiss:.2f} | "
         f"{'yes' if same else 'NO'} |",
@@ -199,6 +233,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="demo", help="a dataset whose lgcd_model exists (default: demo, built if missing)")
     parser.add_argument("--keep", type=Path, help="demo workspace to keep and reuse (default: temporary, removed)")
     parser.add_argument("--sizes", default="10000,50000,200000", help="synthetic catalogue sizes (comma-separated)")
+    parser.add_argument("--model-dir", type=Path, help="a trained LGCD folder to use instead of the lgcd_model stage")
+    parser.add_argument("--max-users", type=int, help="time the exact/FAISS rows on a seeded sample of this many users")
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions (the best is kept)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override one field of the demo YAML (repeatable; printed as a deviation)")
@@ -212,16 +248,19 @@ def main() -> None:
     deviations: list[str] = []
     work = None
     cfg = load_dataset_config(dataset_path(args.dataset))
-    if not (LGCD_MODEL.path(cfg) / LGCD_MODEL.weights).is_file():
+    model_dir = args.model_dir or LGCD_MODEL.path(cfg)
+    if not (model_dir / LGCD_MODEL.weights).is_file():
         if args.dataset != "demo":
-            raise SystemExit(f"{LGCD_MODEL.path(cfg)}: no trained model; materialize {args.dataset}/lgcd_model first "
-                             f"(or set LGCD_DATA_ROOT to the data root that has it)")
+            raise SystemExit(f"{model_dir}: no trained model; materialize {args.dataset}/lgcd_model first "
+                             f"(or set LGCD_DATA_ROOT to the data root that has it, or pass --model-dir)")
         work = args.keep or Path(tempfile.mkdtemp(prefix="lgcd-recommend-speed-"))
         deviations = _build_demo(work, args.overrides)
         cfg = load_dataset_config(dataset_path("demo"))
+        model_dir = LGCD_MODEL.path(cfg)
     if deviations:
         print("Demo built with:\n" + "\n".join(f"  - {d}" for d in deviations), flush=True)
-    model_lines, dim = _model_rows(cfg, args.repeat)
+    stage = _stage_run(cfg, model_dir) if args.model_dir else {}
+    model_lines, dim = _model_rows(cfg, args.repeat, model_dir, args.max_users, stage)
     print("\n".join(model_lines), flush=True)
     rc = cfg.recommendations
     synthetic = _synthetic_rows([int(s) for s in args.sizes.split(",")], dim, rc.k, rc.batch_size, args.repeat)
@@ -231,10 +270,16 @@ def main() -> None:
         f"Device: {cpu}; torch {torch.__version__}; load average at the end "
         f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min; CPU figures are only meaningful on an "
         "unloaded machine). `python -m bench.recommend_speed" + (f" --dataset {args.dataset}" if args.dataset != "demo" else "")
-        + "`.", "",
+        + (f" --model-dir {args.model_dir}" if args.model_dir else "")
+        + (f" --max-users {args.max_users}" if args.max_users else "")
+        + (f" --repeat {args.repeat}" if args.repeat != 3 else "")
+        + (f" --sizes {args.sizes}" if args.sizes != "10000,50000,200000" else "") + "`.", "",
         *([f"Demo built in an isolated workspace with: {'; '.join(deviations)} (none changes how a user is scored).", ""]
           if deviations else []),
-        *model_lines, "", *synthetic, "",
+        *model_lines, "",
+        *([f"Ten users as the stage's metadata shows them in the UI (`recommendations.sample_users`, seed "
+           f"{cfg.recommendations.sample_seed}):", "", stage["sample"], ""] if stage else []),
+        *synthetic, "",
         "FAISS here is an exact inner-product index (IndexFlatIP) whose candidates are re-scored exactly, so both "
         "searches return the same lists; what differs is the cost of the search. `recommendations.faiss_above` "
         "switches a target domain to FAISS above that many items.", ""])
