@@ -165,6 +165,12 @@ def variant_rows(results: list[tuple[str, dict]]) -> list[str]:
     return rows
 
 
+def env_prefix() -> str:
+    """The environment variables that shaped this run (threads, where the dataset lives), as a command prefix."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LGCD_DATASETS_DIR", "LGCD_DATA_ROOT")
+    return "".join(f"{name}={os.environ[name]} " for name in names if name in os.environ)
+
+
 def run_variants(args: argparse.Namespace) -> None:
     """The ``--dataset`` mode: each variant over the same users, one table with ratios to the first."""
     import torch
@@ -184,7 +190,7 @@ def run_variants(args: argparse.Namespace) -> None:
         f"torch threads {torch.get_num_threads()}), {len(sample['users'])} valid users' source histories (seed {args.seed}), "
         f"greedy; load average (1, 5, 15 min) at start {', '.join(f'{x:.1f}' for x in load_before)}.",
         "",
-        f"Command: `OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 15 python -m bench.llm_throughput {args.command}`",
+        f"Command: `{env_prefix()}python -m bench.llm_throughput {args.command}`",
         "",
         *[f"- **{name}**: {' '.join(a) or '(the YAML as is)'}" for name, a in variants],
         "",
@@ -198,7 +204,7 @@ def run_variants(args: argparse.Namespace) -> None:
         "Load: 1-minute load average when the variant finished.",
         "",
     ]
-    publish("\n".join(lines), "llm_throughput.md")
+    publish("\n".join(lines), args.out.name if args.out != RESULTS else "llm_throughput.md")
 
 
 def run_stage_vs_bare(args: argparse.Namespace) -> None:
@@ -243,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-sizes", default="1,4,16")
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="results file (--dataset: its name under bench/results, default llm_throughput.md)")
     args = parser.parse_args(argv)
     args.command = shlex.join(sys.argv[1:] if argv is None else argv)
     if args.dataset:

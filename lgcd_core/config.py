@@ -222,10 +222,18 @@ class RayConfig(_Section):
     gpus_per_worker: float = Field(default=0.0, ge=0)  # GPUs per actor; > 0 runs the replicas on CUDA
 
 
+class LlamaCppConfig(_Section):
+    """How the llama.cpp backend runs its GGUF file (speed only: none of these changes an answer)."""
+
+    n_threads: int | None = Field(default=None, ge=1)  # CPU threads; null: llama.cpp's default (the physical cores)
+    n_ctx: int = Field(default=2048, ge=256)  # context window: prompt + answer tokens
+    n_gpu_layers: int = Field(default=0, ge=-1)  # layers offloaded to a GPU (a CUDA build of llama-cpp-python); -1: all
+
+
 class LLMConfig(_Section):
     """Pseudo-text generation (eq. 4). 'default' model = offline SmolLM2-135M-Instruct GGUF."""
 
-    backend: Literal["transformers", "http", "ray"] = "transformers"  # a local model, OpenAI-compatible servers, or Ray actors
+    backend: Literal["transformers", "http", "ray", "llama_cpp"] = "transformers"  # a local model, servers, Ray actors, or llama.cpp
     model: str = "default"  # a Hugging Face model name or folder (transformers and ray backends)
     gguf_file: str | None = None  # a GGUF file inside model to load instead of safetensors
     batch_size: int = Field(default=16, ge=1)  # prompts per generation batch (transformers and ray backends)
@@ -240,6 +248,7 @@ class LLMConfig(_Section):
     generation: GenerationConfig = GenerationConfig()  # decoding settings
     http: HttpBackendConfig | None = None  # the server or fleet (backend 'http' only)
     ray: RayConfig = RayConfig()  # the Ray cluster and actors (backend 'ray' only)
+    llama_cpp: LlamaCppConfig = LlamaCppConfig()  # threads and context of the GGUF file (backend 'llama_cpp' only)
 
     @model_validator(mode="before")
     @classmethod

@@ -1,5 +1,8 @@
 """LLM backends for pseudo-text generation: a local transformers causal LM, or OpenAI-compatible servers.
 
+(``llm.backend: ray`` and ``llama_cpp`` live in their own modules, :mod:`lgcd_core.language.ray_backend`
+and :mod:`lgcd_core.language.llama_cpp_backend`.)
+
 Every backend exposes the same small interface used by :mod:`lgcd_core.language.pseudo_text`:
 
 - ``model_id`` and ``settings``: what the answers depend on (they enter the cache key, with the
@@ -129,6 +132,15 @@ class GenerationTimer:
         self.answer_tokens += answer_tokens
         self.decode_slots += new_tokens.numel()
 
+    def add_unbatched(self, prompt_tokens: int, answer_tokens: int, prefill_s: float, decode_s: float) -> None:
+        """Add one prompt generated alone (no padding: what is read and written is what is computed)."""
+        self.prompt_tokens += prompt_tokens
+        self.padded_prompt_tokens += prompt_tokens
+        self.answer_tokens += answer_tokens
+        self.decode_slots += answer_tokens
+        self.prefill_s += prefill_s
+        self.decode_s += decode_s
+
     def stats(self) -> dict:
         """The totals for the stage's metadata."""
         counts = ("prompt_tokens", "padded_prompt_tokens", "answer_tokens", "decode_slots")
@@ -163,7 +175,7 @@ class TransformersBackend:
         self.gen = llm.generation
         self.path, self.gguf = resolve_llm(llm.model, llm.gguf_file)
         self.model_id = f"{llm.model}|{self.gguf}" if self.gguf else llm.model
-        self.max_new_tokens = _token_cap(llm.generation, llm.n_descriptions)
+        self.max_new_tokens = token_cap(llm.generation, llm.n_descriptions)
         self.stop_after_items = llm.n_descriptions  # None: no early stop
         self.settings = {"backend": "transformers", **llm.generation.model_dump(), "max_new_tokens": self.max_new_tokens,
                          "stop_after_items": self.stop_after_items, **quantize_setting(llm.quantize)}
@@ -278,7 +290,7 @@ def complete_list_criteria(tokenizer, prompt_length: int, n_items: int):  # -> t
     return StoppingCriteriaList([CompleteList()])
 
 
-def _token_cap(gen: GenerationConfig, n_items: int | None) -> int:
+def token_cap(gen: GenerationConfig, n_items: int | None) -> int:
     """The cap of ``gen``; when null, sized for ``n_items`` (unknown: the paper's n_K = 10)."""
     return gen.token_cap(n_items or 10)
 
@@ -359,7 +371,7 @@ class HttpBackend:
         self.gen = gen
         self.fleet = Fleet(server.urls, server.concurrency, server.cooldown_s)
         self.model_id = f"http|{server.model}"
-        self.max_new_tokens = _token_cap(gen, n_items)
+        self.max_new_tokens = token_cap(gen, n_items)
         self.settings = {"backend": "http", **gen.model_dump(), "max_new_tokens": self.max_new_tokens}
         self._api_key = read_api_key(server.api_key_env)
         for url in server.urls:
@@ -500,4 +512,8 @@ def make_backend(llm: LLMConfig, device: str) -> LLMBackend:
         from lgcd_core.language.ray_backend import RayBackend
 
         return RayBackend(llm)
+    if llm.backend == "llama_cpp":
+        from lgcd_core.language.llama_cpp_backend import LlamaCppBackend
+
+        return LlamaCppBackend(llm)
     return TransformersBackend(llm, device)
