@@ -62,6 +62,8 @@ ROWS: dict[str, Row] = {
     "lambda_1.0": Row("λ = 1.0 both targets", {"diffusion.lambda_A": 1.0, "diffusion.lambda_B": 1.0}),
     "condition_last": Row("denoiser attends to h_cond alone", {"interpretation.condition_tokens": "last"}),
     "unfrozen": Row("encoders fine-tuned", {"training.freeze_encoders": False}),
+    "detached_rev": Row("h_rev detached in the fusion: the denoiser is trained by L_diff (and L_align) only",
+                        {"ablations.rec_trains_generator": False}),
     "full_softmax": Row("L_rec over every target item (the paper's eq. 25)", {"training.rec_negatives": None}),
     "pseudo_collab_500": Row("+ 500 collaborative pseudo users", pseudo="collaborative:500"),
     "pseudo_text_500": Row("+ 500 text pseudo users", pseudo="text:500"),

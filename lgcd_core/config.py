@@ -374,6 +374,8 @@ class LGCDAblations(_Section):
     alignment_loss: bool = True  # L_align (eq. 21)
     guesser: bool = True  # warm start from g(h^cond) at t = λT (eq. 18, 22); false: start at x_T = 0
     moe: bool = True  # MoE fusion (eq. 23-24); false: one linear layer on [h^cond ; h^rev]
+    rec_trains_generator: bool = True  # false: h^rev is detached in the fusion, so L_rec never reaches the denoiser
+    # (it learns from L_diff and L_align alone; a diagnostic of issue 13, not a Table 3 row)
     cyclic_batches: bool = True  # every batch holds training.overlap_per_batch overlap rows; false: pooled and shuffled
 
 

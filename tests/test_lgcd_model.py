@@ -124,6 +124,24 @@ def test_losses_finite_for_every_ablation(toy, off):
     assert all(p.grad is None for p in model.enc.parameters())  # frozen encoders
 
 
+def test_a_detached_reverse_process_is_trained_by_its_own_losses_only(toy):
+    """``rec_trains_generator: false``: L_rec moves the fusion but not the denoiser."""
+    data, index = toy
+    only_rec = {"loss_weights.diff": 0.0, "loss_weights.guess": 0.0, "ablations.alignment_loss": False}
+
+    def grad_norms(updates: dict) -> dict[str, float]:
+        _, model = _losses(data, index, {**only_rec, **updates}, backward=True)
+        head = model.heads["AB"]
+        return {name: sum(float(p.grad.abs().sum()) for p in part.parameters() if p.grad is not None)
+                for name, part in (("denoiser", head.denoiser), ("guesser", head.guesser), ("fusion", head.fusion))}
+
+    attached, detached = grad_norms({}), grad_norms({"ablations.rec_trains_generator": False})
+    assert attached["denoiser"] > 0  # by default L_rec reaches the denoiser (through the chain's last jump)
+    assert detached["denoiser"] == 0 and detached["guesser"] == 0 and detached["fusion"] > 0
+    with_diff = grad_norms({"ablations.rec_trains_generator": False, "loss_weights.diff": 1.0})
+    assert with_diff["denoiser"] > 0  # and L_diff still trains it
+
+
 @pytest.mark.parametrize("updates", [{}, {"diffusion.sampler_steps": None}, {"diffusion.inference_draws": 3}])
 def test_scores_do_not_depend_on_batch_size_or_composition(toy, updates):
     """With the noised start on: a user's ε is seeded by their own history, not by the batch."""

@@ -385,6 +385,8 @@ class LGCDModel(nn.Module):
                 out["align"] = _mse(h_rev, h_cond, align_rows)
         else:
             h_rev = torch.zeros_like(h_cond)  # 'w/o diffusion': the fusion reads the condition only
+        if not ablations.rec_trains_generator:
+            h_rev = h_rev.detach()  # L_rec trains the fusion only; the generator keeps its own objectives
         h_final = head.fusion(h_cond, h_rev)  # eq. 23-24
         ce = self.rec_loss(h_final, self.target_items(target)[1:], labels - 1, generator)
         w = torch.where(pseudo, torch.full_like(ce, weights.pseudo_rec), torch.ones_like(ce))
