@@ -76,6 +76,8 @@ ROWS: dict[str, Row] = {
                                {"loss_weights.pseudo_rec": 0.0}, "llm:500"),
     "pseudo_collab_500_rec0": Row("+ 500 collaborative pseudo users, no L_rec on pseudo rows",
                                   {"loss_weights.pseudo_rec": 0.0}, "collaborative:500"),
+    "pseudo_collab_all_rec0": Row("+ every single-domain user, collaborative, no L_rec on pseudo rows",
+                                  {"loss_weights.pseudo_rec": 0.0}, "collaborative:all"),
     "wo_diffusion_collab_all": Row("w/o diffusion + every single-domain user, collaborative",
                                    {"ablations.use_diffusion": False}, "collaborative:all"),
 }
