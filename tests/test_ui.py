@@ -71,8 +71,6 @@ def _stage_of(label: str) -> list[str]:
     return [stage for stage in STAGES if label.startswith(stage[:4]) and label.endswith(stage[-8:])]
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable on this machine (apt-get install chromium)")
 def _dismiss_dialogs(page) -> None:
     """Close the first-visit newsletter dialog, which can open seconds after the page on a loaded machine and then
     takes every click; any other modal left open is closed with Escape."""
@@ -90,6 +88,8 @@ def _dismiss_dialogs(page) -> None:
         backdrop.first.wait_for(state="detached", timeout=10_000)
 
 
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable on this machine (apt-get install chromium)")
 def test_each_dataset_is_its_own_pipeline_in_the_lineage(webserver: str) -> None:
     from playwright.sync_api import sync_playwright
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from functools import cached_property
 
 from lgcd_core.config import ConfigError, LLMConfig
-from lgcd_core.language.llm_backends import Answer, GenerationTimer, resolve_llm, token_cap
+from lgcd_core.language.llm_backends import Answer, GenerationTimer, chat_text, resolve_llm, token_cap
 from lgcd_core.language.parsing import count_complete_items
 
 
@@ -62,13 +62,6 @@ class LlamaCppBackend:
         return Llama(model_path=os.path.join(self.path, self.gguf), n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
                      n_gpu_layers=cfg.n_gpu_layers, seed=self.gen.seed, verbose=False)
 
-    def format(self, prompt: str) -> str:
-        """The text the model sees: the chat template when the tokenizer has one (as the transformers backend)."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            return prompt
-        messages = [{"role": "user", "content": prompt}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
     def sampling(self) -> dict:
         """``Llama.generate`` settings from the YAML: temp 0 is greedy; llama.cpp's own repeat penalty is off unless set."""
         if not self.gen.do_sample:
@@ -79,7 +72,7 @@ class LlamaCppBackend:
     def generate_one(self, prompt: str) -> Answer:
         """One prompt: prefill, then decode until the end token, a complete list or the cap."""
         model = self.model
-        tokens = model.tokenize(self.format(prompt).encode("utf-8"), add_bos=False, special=True)
+        tokens = model.tokenize(chat_text(self.tokenizer, prompt).encode("utf-8"), add_bos=False, special=True)
         if len(tokens) + self.max_new_tokens > model.n_ctx():
             return Answer("", 0, error=f"prompt of {len(tokens)} tokens + {self.max_new_tokens} new exceeds "
                                        f"llm.llama_cpp.n_ctx = {model.n_ctx()}")

@@ -216,10 +216,7 @@ class TransformersBackend:
 
     def format(self, prompt: str) -> str:
         """The text the model sees for one user prompt."""
-        if not self.use_chat:
-            return prompt
-        messages = [{"role": "user", "content": prompt}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat_text(self.tokenizer, prompt)
 
     def generate_kwargs(self) -> dict:
         """``model.generate`` settings from the YAML (sampling only when ``do_sample``)."""
@@ -288,6 +285,14 @@ def complete_list_criteria(tokenizer, prompt_length: int, n_items: int):  # -> t
             return done
 
     return StoppingCriteriaList([CompleteList()])
+
+
+def chat_text(tokenizer, prompt: str) -> str:
+    """One user prompt in the tokenizer's chat template (with the assistant's turn opened); as is without one."""
+    if not getattr(tokenizer, "chat_template", None):
+        return prompt
+    messages = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def token_cap(gen: GenerationConfig, n_items: int | None) -> int:
