@@ -1,9 +1,10 @@
 """How much llama.cpp gains from decoding several sequences per batch, on this CPU (issue 14 point 1).
 
-The ``llama_cpp`` backend decodes one prompt at a time. Whether batching them would pay is a property
-of llama.cpp's CPU kernels, measured here without touching the backend: the packaged SmolLM2 GGUF, one
-prompt in the chat template, B copies of it in B sequences of one context (one KV cache per sequence),
-greedy, ``--steps`` decoding steps; tokens/s of decoding as a ratio to B = 1 in the same run. Needs the
+How much decoding several sequences per step gains is a property of llama.cpp's CPU kernels, measured
+here apart from the ``llama_cpp`` backend (whose ``llm.llama_cpp.parallel`` uses it): the packaged
+SmolLM2 GGUF, one prompt in the chat template, B copies of it in B sequences of one context (one KV
+cache per sequence), greedy, ``--steps`` decoding steps; tokens/s of decoding as a ratio to B = 1 in
+the same run. The stage's own figures, prefill included, are in ``bench.llm_throughput``. Needs the
 ``llama-cpp`` extra. Writes bench/results/llama_cpp_batching.md.
 
     python -m bench.llama_cpp_batching [--batch-sizes 1,4,8,16,32] [--steps 64] [--threads 1]

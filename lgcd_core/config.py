@@ -223,10 +223,18 @@ class RayConfig(_Section):
 
 
 class LlamaCppConfig(_Section):
-    """How the llama.cpp backend runs its GGUF file (speed only: none of these changes an answer)."""
+    """How the llama.cpp backend runs its GGUF file: speed only, except ``weights`` (which enters the cache key)."""
 
+    # the GGUF's weights as llama.cpp computes with them: as_is, or re-encoded once by llama.cpp (kept in model_cache);
+    # bf16/f16 hold a 4-bit file's values (to their rounding) and run llama.cpp's matrix kernels: on a CPU with
+    # AVX512-BF16, bf16 is the fastest (bench/results/llm_throughput_llama_cpp.md); without it, or on a GPU, try f16
+    weights: Literal["as_is", "bf16", "f16", "q8_0"] = "bf16"
+    model_cache: str | None = None  # where re-encoded GGUF files are kept; null: $XDG_CACHE_HOME/lgcd/gguf (~/.cache/lgcd/gguf)
     n_threads: int | None = Field(default=None, ge=1)  # CPU threads; null: llama.cpp's default (the physical cores)
-    n_ctx: int = Field(default=2048, ge=256)  # context window: prompt + answer tokens
+    n_ctx: int = Field(default=1024, ge=256)  # context window of one sequence: prompt + answer tokens
+    # sequences decoded together (continuous batching), each with its own KV cache: parallel x n_ctx cells
+    # (SmolLM2-135M: 23 KB a cell, 1.5 GB at the defaults)
+    parallel: int = Field(default=64, ge=1, le=256)
     n_gpu_layers: int = Field(default=0, ge=-1)  # layers offloaded to a GPU (a CUDA build of llama-cpp-python); -1: all
 
 
@@ -236,7 +244,7 @@ class LLMConfig(_Section):
     backend: Literal["transformers", "http", "ray", "llama_cpp"] = "transformers"  # a local model, servers, Ray actors, or llama.cpp
     model: str = "default"  # a Hugging Face model name or folder (transformers and ray backends)
     gguf_file: str | None = None  # a GGUF file inside model to load instead of safetensors
-    batch_size: int = Field(default=16, ge=1)  # prompts per generation batch (transformers and ray backends)
+    batch_size: int = Field(default=16, ge=1)  # prompts per generation batch (transformers, ray); llama_cpp: answers saved per group
     history_items: int = Field(default=10, ge=1)  # the user's most recent source items the prompt lists (every source reads them)
     n_descriptions: int | None = Field(default=None, ge=1)  # target items the prompt asks for; null: grounding.n_k (eq. 4)
     max_item_chars: int = Field(default=160, ge=8)  # each history item's text is cut to this
