@@ -13,14 +13,17 @@ The GGUF's weights are used as they are (``llm.llama_cpp.weights: as_is``) or re
 llama.cpp's own converter (``llama_model_quantize``) into a file kept in ``llm.llama_cpp.model_cache``:
 ``bf16`` or ``f16`` turn a 4-bit file into 16-bit floats holding its values (to their rounding), which
 llama.cpp multiplies with its matrix kernels instead of dot products over quantised blocks; on a CPU
-with AVX512-BF16, bf16 reads prompts about 3.5x and decodes about 1.4x as fast as the 4-bit file at one
+with AVX512-BF16, bf16 reads prompts about 3.2x and decodes about 1.25x as fast as the 4-bit file at one
 thread (``bench/results/llm_throughput_llama_cpp.md``). The activations are no longer quantised
 either, so the answers change and ``weights`` enters the cache key.
 
 Greedy unless ``generation.do_sample``; every prompt's sampling starts from ``generation.seed``, so
-the same prompt gives the same answer in any order and next to any other prompts. Each sequence's
-arithmetic is its own (one KV cache per sequence), so ``parallel`` changes the speed, not the answers
-(tested with the real GGUF). The answers are not the transformers backend's (other kernels, quantised
+the same prompt gives the same answer in any order and next to any other prompts as far as llama.cpp's
+arithmetic allows: each sequence has its own KV cache, and with the 4-bit file and f16 the answers of
+48-100 Food-Kitchen users were the same at every ``parallel``; with bf16 the number of sequences in a
+decoding step changes some rows' arithmetic (``parallel`` 16 and 64 answered a few of 100 users
+differently). A run is reproducible for the same prompts and settings; a run resumed from the cache
+may answer the remaining prompts slightly differently. The answers are not the transformers backend's (other kernels, quantised
 arithmetic), so they are cached under their own key (``settings['backend'] = 'llama_cpp'``). Threads,
 context size and ``parallel`` stay out of the key.
 
