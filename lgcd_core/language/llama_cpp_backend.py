@@ -23,9 +23,9 @@ arithmetic allows: each sequence has its own KV cache, and with the 4-bit file a
 48-100 Food-Kitchen users were the same at every ``parallel``; with bf16 the number of sequences in a
 decoding step changes some rows' arithmetic (``parallel`` 16 and 64 answered a few of 100 users
 differently). A run is reproducible for the same prompts and settings; a run resumed from the cache
-may answer the remaining prompts slightly differently. The answers are not the transformers backend's (other kernels, quantised
-arithmetic), so they are cached under their own key (``settings['backend'] = 'llama_cpp'``). Threads,
-context size and ``parallel`` stay out of the key.
+may answer the remaining prompts slightly differently. The answers are not the transformers backend's
+(other kernels, other arithmetic), so they are cached under their own key (``settings['backend'] =
+'llama_cpp'``). Threads, context size and ``parallel`` stay out of the key.
 
 Install: ``pip install llama-cpp-python`` (or ``pip install -e '.[llama-cpp]'``); it compiles llama.cpp
 from source for a few minutes. It is never part of the default install.
@@ -247,11 +247,11 @@ class LlamaCppBackend:
         rng = np.random.default_rng(self.gen.seed) if self.gen.do_sample else None
         run = Running(index, tokens, rng)
         finished = self.accept(run, self.next_token(run, self.model.prefill(seq, tokens)))
-        self.timer.add_unbatched(len(tokens), 0, time.perf_counter() - started, 0.0)
+        self.timer.add_prefill(len(tokens), time.perf_counter() - started)
         return run, finished
 
     def finish(self, run: Running) -> tuple[int, Answer]:
-        self.timer.add_unbatched(0, len(run.new), 0.0, 0.0)
+        self.timer.add_answer(len(run.new))
         return run.index, Answer(run.text.decode("utf-8", errors="replace").strip(), len(run.new))
 
     def answers(self, prompts: list[str]) -> Iterator[tuple[int, Answer]]:
@@ -283,7 +283,7 @@ class LlamaCppBackend:
             for (seq, run), logits in zip(list(running.items()), rows):
                 if self.accept(run, self.next_token(run, logits)):
                     done.append(seq)
-            self.timer.decode_s += time.perf_counter() - started
+            self.timer.add_decode_step(time.perf_counter() - started)
             for seq in done:
                 free.append(seq)
                 yield self.finish(running.pop(seq))

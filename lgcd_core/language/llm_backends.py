@@ -132,14 +132,23 @@ class GenerationTimer:
         self.answer_tokens += answer_tokens
         self.decode_slots += new_tokens.numel()
 
-    def add_unbatched(self, prompt_tokens: int, answer_tokens: int, prefill_s: float, decode_s: float) -> None:
-        """Add one prompt generated alone (no padding: what is read and written is what is computed)."""
+    # Continuous batching (the llama.cpp backend): nothing is padded and no finished answer is computed,
+    # so what is read and written is what is computed; decoding steps are shared by the running answers.
+
+    def add_prefill(self, prompt_tokens: int, seconds: float) -> None:
+        """One prompt read on its own."""
         self.prompt_tokens += prompt_tokens
         self.padded_prompt_tokens += prompt_tokens
+        self.prefill_s += seconds
+
+    def add_decode_step(self, seconds: float) -> None:
+        """One decoding step of every running answer."""
+        self.decode_s += seconds
+
+    def add_answer(self, answer_tokens: int) -> None:
+        """One finished answer."""
         self.answer_tokens += answer_tokens
         self.decode_slots += answer_tokens
-        self.prefill_s += prefill_s
-        self.decode_s += decode_s
 
     def stats(self) -> dict:
         """The totals for the stage's metadata."""
