@@ -24,10 +24,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: python bench/llama_cpp_batching.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-
 from bench.common import publish  # noqa: E402
-from lgcd_core.language.llama_cpp_backend import model_cache_dir, reencoded_gguf  # noqa: E402
+from lgcd_core.config import LlamaCppConfig  # noqa: E402
+from lgcd_core.language.llama_cpp_backend import LlamaCppContext, model_cache_dir, reencoded_gguf  # noqa: E402
 from lgcd_core.language.llm_backends import resolve_llm  # noqa: E402
 
 PROMPT = "List ten kitchen items that a coffee lover would buy, one per line."
@@ -35,65 +34,39 @@ LONG_PROMPT = "A shopper bought, oldest first:\n" + "\n".join(
     f"{i}. Organic whole bean coffee, dark roast, 12 ounce bag, fair trade certified" for i in range(1, 13))
 
 
-def context(llm, n_sequences: int, threads: int):  # -> (LlamaContext, LlamaBatch)
-    """A context of ``n_sequences`` sequences with their own KV caches, every pass on ``threads`` threads."""
-    import llama_cpp
-    from llama_cpp import _internals
-
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx, params.n_batch, params.n_ubatch = n_sequences * 512, 512, 512
-    params.n_seq_max, params.kv_unified = n_sequences, False
-    params.n_threads = params.n_threads_batch = threads
-    ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
-    return ctx, _internals.LlamaBatch(n_tokens=512, embd=0, n_seq_max=n_sequences, verbose=False)
+def chat_text(text: str) -> str:
+    """``text`` as a user turn of SmolLM2's chat template, the assistant's turn opened."""
+    return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def chat_tokens(llm, text: str) -> list[int]:
-    return llm.tokenize(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n".encode(), add_bos=False, special=True)
+def open_context(model_path: Path, n_sequences: int, threads: int) -> LlamaCppContext:
+    """The backend's own context: ``n_sequences`` sequences with their own KV caches, every pass on ``threads``."""
+    return LlamaCppContext(str(model_path), LlamaCppConfig(parallel=n_sequences, n_ctx=512, n_threads=threads), seed=0)
 
 
-def prefill_rate(llm, threads: int) -> tuple[float, int]:
+def prefill_rate(model_path: Path, threads: int) -> tuple[float, int]:
     """Prompt tokens/s reading LONG_PROMPT (best of 3), and its length in tokens."""
-    ctx, batch = context(llm, 1, threads)
-    prompt = chat_tokens(llm, LONG_PROMPT)
+    context = open_context(model_path, 1, threads)
+    prompt = context.tokenize(chat_text(LONG_PROMPT))
     best = float("inf")
     for _ in range(3):
-        ctx.kv_cache_clear()
-        batch.reset()
-        batch.add_sequence(prompt, 0, False)
         start = time.perf_counter()
-        ctx.decode(batch)
+        context.prefill(0, prompt)
         best = min(best, time.perf_counter() - start)
-    ctx.close()
     return len(prompt) / best, len(prompt)
 
 
-def decode_rate(llm, batch_size: int, steps: int, threads: int) -> tuple[float, bool]:
+def decode_rate(model_path: Path, batch_size: int, steps: int, threads: int) -> tuple[float, bool]:
     """Decoding tokens/s with ``batch_size`` sequences per step, and whether every sequence wrote the same answer."""
-    ctx, batch = context(llm, batch_size, threads)
-    prompt = chat_tokens(llm, PROMPT)
-
-    def argmax(row: int) -> int:
-        return int(np.ctypeslib.as_array(ctx.get_logits_ith(row), shape=(llm.n_vocab(),)).argmax())
-
-    answers = []
-    for seq in range(batch_size):  # prefill, one sequence at a time
-        batch.reset()
-        batch.add_sequence(prompt, seq, False)
-        ctx.decode(batch)
-        answers.append([argmax(len(prompt) - 1)])
+    context = open_context(model_path, batch_size, threads)
+    prompt = context.tokenize(chat_text(PROMPT))
+    answers = [[int(context.prefill(seq, prompt).argmax())] for seq in range(batch_size)]
     start = time.perf_counter()
-    for step in range(steps):
-        raw = batch.batch
-        for seq in range(batch_size):
-            raw.token[seq], raw.pos[seq], raw.seq_id[seq][0] = answers[seq][-1], len(prompt) + step, seq
-            raw.n_seq_id[seq], raw.logits[seq] = 1, True
-        raw.n_tokens = batch_size
-        ctx.decode(batch)
-        for seq in range(batch_size):
-            answers[seq].append(argmax(seq))
+    for _ in range(steps):
+        rows = context.step([(seq, answer[-1]) for seq, answer in enumerate(answers)])
+        for answer, logits in zip(answers, rows):
+            answer.append(int(logits.argmax()))
     seconds = time.perf_counter() - start
-    ctx.close()
     return batch_size * steps / seconds, len({tuple(a) for a in answers}) == 1
 
 
@@ -104,18 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    from llama_cpp import Llama
-
     path, gguf = resolve_llm("default", None)
     rows, prefill_rows = [], []
     for weights in args.weights.split(","):
         model = reencoded_gguf(Path(path) / gguf, weights, model_cache_dir(None))
-        llm = Llama(model_path=str(model), n_ctx=512, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
-        rate, n_tokens = prefill_rate(llm, args.threads)
+        rate, n_tokens = prefill_rate(model, args.threads)
         prefill_rows.append(f"| {weights} | {n_tokens} | {rate:.0f} |")
         base = None
         for size in (int(b) for b in args.batch_sizes.split(",")):
-            rate, same = decode_rate(llm, size, args.steps, args.threads)
+            rate, same = decode_rate(model, size, args.steps, args.threads)
             base = base or rate
             rows.append(f"| {weights} | {size} | {rate:.0f} | {rate / base:.2f} | {'yes' if same else 'no'} |")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
