@@ -64,6 +64,10 @@ ROWS: dict[str, Row] = {
     "unfrozen": Row("encoders fine-tuned", {"training.freeze_encoders": False}),
     "detached_rev": Row("h_rev detached in the fusion: the denoiser is trained by L_diff (and L_align) only",
                         {"ablations.rec_trains_generator": False}),
+    "oracle": Row("h_rev := the true x0 wherever a target has one (the oracle ceiling; diagnostics give the curve)",
+                  {"ablations.oracle_x0": True}),
+    "x0_including": Row("x0 read up to the target's own slot (DreamRec-style): every target trains the generator",
+                        {"interpretation.x0": "including"}),
     "full_softmax": Row("L_rec over every target item (the paper's eq. 25)", {"training.rec_negatives": None}),
     "pseudo_collab_500": Row("+ 500 collaborative pseudo users", pseudo="collaborative:500"),
     "pseudo_text_500": Row("+ 500 text pseudo users", pseudo="text:500"),
@@ -192,18 +196,27 @@ def table(ranks: pa.Table, comparisons: pa.Table, rows: list[str], reference: st
 
 
 def diagnostics_lines(runs: dict[str, dict[int, Path]]) -> list[str]:
-    """R²(h_rev, x0), R²(guess, x0) and the NDCG@10 change when h_rev is shuffled, per row (mean over seeds)."""
-    lines = ["| row | direction | R²(h_rev, x0) | R²(guess, x0) | Δ NDCG@10, h_rev shuffled |", "|---|---|---|---|---|"]
+    """Per row and direction (mean over seeds): R² of h_rev and of the guess against x0 on valid, the guess's R²
+    on training targets, the offset share of its error, the NDCG@10 change when h_rev is shuffled, and the
+    oracle curve (NDCG@10 with h_rev := a·x0 + (1 − a)·guess; R² of that h_rev in brackets)."""
+    from lgcd_core.model.diagnostics import ORACLE_MIX
+
+    curve = " | ".join(f"a = {a:g}" for a in ORACLE_MIX)
+    lines = [f"| row | direction | R²(h_rev, x0) | R²(guess, x0) | R²(guess, x0), train | offset share of guess error "
+             f"| Δ NDCG@10, h_rev shuffled | {curve} |", "|---" * (6 + len(ORACLE_MIX)) + "|"]
     for name, by_seed in runs.items():
         diags = [json.loads((p / "history.json").read_text()).get("diagnostics", {}) for p in by_seed.values()]
         for direction in sorted({k for d in diags for k in d}):
             vals = [d[direction] for d in diags if direction in d]
 
-            def avg(key: str, vals=vals) -> str:
+            def avg(key: str, vals=vals, fmt: str = "+.3f") -> str:
                 xs = [v[key] for v in vals if isinstance(v.get(key), float)]
-                return f"{np.mean(xs):+.3f}" if xs else "–"
+                return format(np.mean(xs), fmt) if xs else "–"
 
-            lines.append(f"| {name} | {direction} | {avg('r2_rev')} | {avg('r2_guess')} | {avg('shuffle_delta')} |")
+            points = " | ".join(f"{avg(f'oracle_ndcg10@{a:g}', fmt='.4f')} ({avg(f'oracle_r2@{a:g}', fmt='+.2f')})"
+                                for a in ORACLE_MIX)
+            lines.append(f"| {name} | {direction} | {avg('r2_rev')} | {avg('r2_guess')} | {avg('r2_guess_train')} "
+                         f"| {avg('bias_share_guess', fmt='.2f')} | {avg('shuffle_delta')} | {points} |")
     return lines
 
 

@@ -323,6 +323,7 @@ class PretrainConfig(_Section):
     n_layers: int = Field(default=2, ge=1)  # transformer layers of each sequence encoder
     n_heads: int = Field(default=1, ge=1)  # attention heads per layer; must divide d
     max_len: int = Field(default=50, ge=2)  # most recent items of a sequence the encoders read
+    positions: Literal["start", "end"] = "start"  # position ids count from the first item (prefix-exact) or the last column
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)  # dropout inside the encoders
     lr: float = Field(default=1e-3, gt=0)  # Adam learning rate
     weight_decay: float = Field(default=0.0, ge=0)  # Adam weight decay
@@ -363,6 +364,8 @@ class LGCDTraining(_Section):
     patience: int = Field(default=5, ge=1)  # stop after this many epochs without a better valid NDCG@10
     batch_size: int = Field(default=128, ge=1)  # rows per batch (one direction per batch)
     overlap_per_batch: int = Field(default=32, ge=0)  # real overlap rows in every cyclic batch (ablations.cyclic_batches)
+    pseudo_repeats: bool = False  # few pseudo rows: cycle them so every batch has batch_size - overlap_per_batch (drawn
+    # many times an epoch); false: one pass per epoch spread over the batches, never drawn more often than overlap rows
     lr: float = Field(default=1e-3, gt=0)  # Adam learning rate of the denoiser, guesser and fusion
     encoder_lr: float = Field(default=1e-4, gt=0)  # Adam learning rate of the encoders when not frozen
     weight_decay: float = Field(default=0.0, ge=0)  # Adam weight decay
@@ -385,6 +388,8 @@ class LGCDAblations(_Section):
     rec_trains_generator: bool = True  # false: h^rev is detached in the fusion, so L_rec never reaches the denoiser
     # (it learns from L_diff and L_align alone; a diagnostic of issue 13, not a Table 3 row)
     cyclic_batches: bool = True  # every batch holds training.overlap_per_batch overlap rows; false: pooled and shuffled
+    oracle_x0: bool = False  # the oracle ceiling (not a Table 3 row): h^rev := the true x0 wherever a target has one,
+    # in training and when scored with a target history, so the fusion learns what a perfect generator would give it
 
 
 class LGCDInterpretation(_Section):
@@ -394,6 +399,7 @@ class LGCDInterpretation(_Section):
     condition_tokens: Literal["sequence", "last"] = "sequence"  # denoiser keys/values: every source position, or h^cond alone (eq. 13)
     pseudo_condition: Literal["id_fused", "full"] = "id_fused"  # pseudo rows' condition: ID only (eq. 8), or ID + text like real rows
     align_on: Literal["pseudo", "overlap", "both"] = "pseudo"  # rows L_align (eq. 21) applies to; eq. 27 says pseudo
+    x0: Literal["preceding", "including"] = "preceding"  # x0 (eq. 7): target items before the target, or up to it (DreamRec)
     target_history_weight: float = Field(default=1.0, ge=0.0)  # weight of the target encoder vector of target-domain items (ours)
 
     @model_validator(mode="before")
@@ -500,6 +506,7 @@ class BaselineSASRecConfig(_Section):
     n_layers: int = Field(default=2, ge=1)  # transformer layers
     n_heads: int = Field(default=1, ge=1)  # attention heads per layer; must divide d
     max_len: int = Field(default=50, ge=2)  # most recent items of a sequence the model reads
+    positions: Literal["start", "end"] = "start"  # position ids count from the first item (prefix-exact) or the last column
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)  # dropout inside the model
     lr: float = Field(default=5e-3, gt=0)  # Adam learning rate
     weight_decay: float = Field(default=0.0, ge=0)  # Adam weight decay
@@ -530,6 +537,7 @@ class PublicSASRecConfig(BaselineSASRecConfig):
     """
 
     loss: Literal["softmax", "bce"] = "bce"
+    positions: Literal["start", "end"] = "end"  # its rows are always max_len wide: the last item is position max_len - 1
     train_negatives: int | None = Field(default=None, ge=1)
     item_bias: bool = False  # the public SASRec scores h · e_item only
     lr: float = Field(default=1e-3, gt=0)

@@ -73,3 +73,29 @@ def test_shuffling_an_h_rev_shared_by_all_users_changes_nothing(toy):
     model = _model(data, index, {"ablations.use_diffusion": False})
     diag = direction_diagnostics(model, diagnostic_cases(index, data["eval_cases"], "B"), "B", "cpu")
     assert diag["shuffle_delta"] == 0.0 and "r2_rev" not in diag
+
+
+def test_oracle_curve_offset_share_and_training_r2(toy):
+    """The oracle point (a = 1) has R² 1; the guess's point is the guess; training pairs give their own R²."""
+    from lgcd_core.model.batches import build_direction
+
+    data, index = toy
+    model = _model(data, index)
+    rows = {dr: build_direction(index, dr[0], data["sequences"], None, 20) for dr in ("AB", "BA")}
+    out = generator_diagnostics(model, index, data["eval_cases"], "cpu", data=rows)
+    for diag in out.values():
+        assert diag["oracle_r2@1"] == pytest.approx(1.0)
+        assert diag["oracle_r2@0"] == pytest.approx(diag["r2_guess"], abs=1e-9)  # same cases: the ones with an x0
+        assert diag["oracle_n"] == diag["n_x0"]
+        assert 0.0 <= diag["bias_share_guess"] <= 1.0 and 0.0 <= diag["bias_share_rev"] <= 1.0
+        assert isinstance(diag["r2_guess_train"], float) and diag["r2_guess_train"] < 1
+        assert all(0.0 <= diag[f"oracle_ndcg10@{a:g}"] <= 1.0 for a in (0, 0.25, 0.5, 0.75, 1))
+
+
+def test_an_offset_is_the_whole_error_share():
+    from lgcd_core.model.diagnostics import error_parts
+
+    target = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+    assert error_parts(target + 3.0, target)["bias_share"] == pytest.approx(1.0)
+    noisy = error_parts(target + torch.randn(50, 4, generator=torch.Generator().manual_seed(1)), target)
+    assert noisy["bias_share"] < 0.2

@@ -388,3 +388,49 @@ def test_rec_loss_sampled_softmax_against_a_hand_computed_case(toy):
     base, _ = _losses(data, index)
     sampled, _ = _losses(data, index, {"training.rec_negatives": 5})
     assert torch.isfinite(sampled["rec"]) and sampled["rec"] != base["rec"]
+
+
+def test_x0_is_never_a_path_for_gradients_even_with_unfrozen_encoders(toy):
+    """L_diff and L_guess must not move the encoders towards an easy x0 (issue 23 point 2)."""
+    data, index = toy
+    model = _model(index, data, {"training.freeze_encoders": False, "loss_weights.diff": 1.0}).train()
+    out = model("AB", _batch(data, index), torch.Generator().manual_seed(0))
+    assert out["diff"] > 0
+    out["diff"].backward()
+    text_b = [p.grad for p in model.enc["B"].text_encoder.parameters()]
+    assert all(g is None or float(g.abs().sum()) == 0.0 for g in text_b)  # x0 comes from B's text encoder
+
+
+def test_x0_including_gives_every_target_an_x0(toy):
+    data, index = toy
+    batch = _batch(data, index)
+    x0s = {}
+    for reading in ("preceding", "including"):
+        model = _model(index, data, {"interpretation.x0": reading}).eval()
+        x0, has = model.target_features("B", batch["tgt"])
+        first = (batch["tgt"] != 0).int().argmax(1)  # the first real slot of every row
+        rows = torch.arange(len(first))
+        assert bool(has[rows, first].all()) is (reading == "including")
+        assert torch.equal(has[:, 1:] if reading == "preceding" else has, (batch["tgt"][:, :-1] != 0)
+                           if reading == "preceding" else batch["tgt"] != 0)
+        x0s[reading] = x0
+    assert torch.allclose(x0s["preceding"][:, 1:], x0s["including"][:, :-1])  # one slot apart, same encoder
+
+
+def test_the_oracle_feeds_the_true_x0_to_the_fusion(toy, monkeypatch):
+    data, index = toy
+    seen = {}
+    for oracle in (False, True):
+        model = _model(index, data, {"ablations.oracle_x0": oracle}).train()
+        fusion = model.heads["AB"].fusion
+        monkeypatch.setattr(fusion, "forward", lambda h_cond, h_rev, oracle=oracle: seen.setdefault(oracle, h_rev) * 0 + h_cond)
+        batch = _batch(data, index)
+        model("AB", batch, torch.Generator().manual_seed(0))
+    model = _model(index, data).eval()
+    sel = model._select("AB", batch["src"], batch["src_pos"], batch["tgt_pos"], batch["label"], batch["kind"] == PSEUDO)
+    x0, has = model.target_features("B", batch["tgt"])
+    x0, has = x0[sel.row, sel.query], has[sel.row, sel.query]
+    assert has.any() and (~has).any()
+    assert torch.allclose(seen[True][has], x0[has])  # the oracle's h_rev is x0 where there is one
+    assert not torch.allclose(seen[False][has], x0[has])  # the generator's is not
+    assert torch.allclose(seen[True][~has], seen[False][~has])  # elsewhere the generator's, the same draws

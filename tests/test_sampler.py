@@ -27,20 +27,40 @@ def test_every_batch_has_m_overlap_rows_and_batch_size_minus_m_pseudo_rows(n_pse
 
 
 @pytest.mark.parametrize("n_pseudo", [7, 1])
-def test_fewer_pseudo_rows_than_a_batch_holds_ride_in_every_batch(n_pseudo):
+def test_fewer_pseudo_rows_than_a_batch_holds_are_spread_once_over_the_epoch(n_pseudo):
     overlap, pseudo = np.arange(50), np.arange(100, 100 + n_pseudo)
     s = CyclicBatchSampler(overlap, pseudo, batch_size=16, overlap_per_batch=4, seed=3)
     batches = s.epoch(1)
     assert len(batches) == 13  # enough batches to draw every overlap row once: ceil(50 / 4)
-    for b in batches:
-        o, p = split(b, overlap)
-        assert len(o) == 4 and sorted(p) == list(pseudo)
+    assert all(len(split(b, overlap)[0]) == 4 for b in batches)
+    drawn = np.concatenate([split(b, overlap)[1] for b in batches])
+    assert sorted(drawn) == list(pseudo)  # every pseudo row exactly once, like every overlap row
     assert set(np.concatenate(batches)) >= set(overlap)
 
 
-def test_few_pseudo_rows_cycle_so_every_batch_carries_its_share():
+@pytest.mark.parametrize("n_pseudo", [7, 1])
+def test_with_pseudo_repeats_few_pseudo_rows_ride_in_every_batch(n_pseudo):
+    overlap, pseudo = np.arange(50), np.arange(100, 100 + n_pseudo)
+    s = CyclicBatchSampler(overlap, pseudo, batch_size=16, overlap_per_batch=4, seed=3, pseudo_repeats=True)
+    for b in s.epoch(1):
+        o, p = split(b, overlap)
+        assert len(o) == 4 and sorted(p) == list(pseudo)
+
+
+def test_few_pseudo_rows_are_never_drawn_more_often_than_overlap_rows():
     overlap, pseudo = np.arange(100), np.arange(1000, 1020)  # a capped run: 20 pseudo rows, 100 overlap rows
     s = CyclicBatchSampler(overlap, pseudo, batch_size=16, overlap_per_batch=4, seed=0)
+    for epoch in (1, 2):
+        batches = s.epoch(epoch)
+        assert len(batches) == 25 == s.n_batches()
+        assert sorted(np.concatenate([split(b, overlap)[0] for b in batches])) == list(overlap)  # each overlap row once
+        assert sorted(np.concatenate([split(b, overlap)[1] for b in batches])) == list(pseudo)  # each pseudo row once
+        assert max(len(split(b, overlap)[1]) for b in batches) == 1
+
+
+def test_with_pseudo_repeats_few_pseudo_rows_cycle_so_every_batch_carries_its_share():
+    overlap, pseudo = np.arange(100), np.arange(1000, 1020)
+    s = CyclicBatchSampler(overlap, pseudo, batch_size=16, overlap_per_batch=4, seed=0, pseudo_repeats=True)
     batches = s.epoch(1)
     assert len(batches) == 25 == s.n_batches()
     drawn = []
@@ -50,16 +70,17 @@ def test_few_pseudo_rows_cycle_so_every_batch_carries_its_share():
         drawn += p.tolist()
     counts = np.bincount(np.asarray(drawn) - 1000)
     assert counts.min() >= 12  # 12 complete passes of 2 batches, then one batch of a 13th
-    assert sorted(np.concatenate([split(b, overlap)[0] for b in batches])) == list(overlap)  # each overlap row once
 
 
 def test_the_documented_capped_food_kitchen_layout():
     """500 LLM users on Food-Kitchen (docs/method.md): 68 pseudo rows A->B, 432 B->A."""
     b_to_a = CyclicBatchSampler(np.arange(7000), np.arange(10_000, 10_432), batch_size=128, overlap_per_batch=32, seed=0)
     batches = b_to_a.epoch(1)
-    assert len(batches) == 219 and all(len(b) == 128 and (b < 7000).sum() == 32 for b in batches)
+    assert len(batches) == 219 and all((b < 7000).sum() == 32 for b in batches)
+    assert sorted(np.concatenate([b[b >= 10_000] for b in batches])) == list(range(10_000, 10_432))
     a_to_b = CyclicBatchSampler(np.arange(7300), np.arange(10_000, 10_068), batch_size=128, overlap_per_batch=32, seed=0)
-    assert a_to_b.n_batches() == 229 and all(sorted(b[b >= 10_000]) == list(range(10_000, 10_068)) for b in a_to_b.epoch(1))
+    assert a_to_b.n_batches() == 229
+    assert sorted(np.concatenate([b[b >= 10_000] for b in a_to_b.epoch(1)])) == list(range(10_000, 10_068))
 
 
 def test_overlap_rows_cycle_before_repeating():

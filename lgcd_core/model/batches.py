@@ -149,6 +149,8 @@ class DirectionData:
     tgt_pos: torch.Tensor  # (N, Lt) int64
     label: torch.Tensor  # (N, Lt) bool
     kind: torch.Tensor  # (N,) int64
+    x0: torch.Tensor | None = None  # (N, Lt, d) float: x0 of every target slot, when computed once per run (frozen encoders)
+    has_x0: torch.Tensor | None = None  # (N, Lt) bool
 
     def __len__(self) -> int:
         return int(self.kind.shape[0])
@@ -167,6 +169,9 @@ class DirectionData:
         tgt, tgt_pos, label = trim_left(self.tgt[rows], self.tgt_pos[rows], self.label[rows])
         out = {"src": src, "src_pos": src_pos, "tgt": tgt, "tgt_pos": tgt_pos, "label": label,
                "kind": self.kind[rows]}
+        if self.x0 is not None:
+            width = tgt.shape[1]
+            out["x0"], out["has_x0"] = self.x0[rows, -width:], self.has_x0[rows, -width:]
         return {k: v.to(device) for k, v in out.items()}
 
 

@@ -38,6 +38,7 @@ class EncoderSpec:
     n_heads: int = 1
     max_len: int = 50
     dropout: float = 0.2
+    positions: str = "start"  # where position ids count from (sasrec.SequenceTransformer): 'start' is prefix-exact
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -60,8 +61,9 @@ class DomainEncoder(nn.Module):
         with torch.no_grad():
             self.id_emb.weight[0].zero_()
         self.text_proj = nn.Linear(spec.dim_text, d)  # projects frozen text vectors to d (E_text)
-        self.id_encoder = SequenceTransformer(d, spec.n_layers, spec.n_heads, spec.max_len, spec.dropout)
-        self.text_encoder = SequenceTransformer(d, spec.n_layers, spec.n_heads, spec.max_len, spec.dropout)
+        args = (d, spec.n_layers, spec.n_heads, spec.max_len, spec.dropout, spec.positions)
+        self.id_encoder = SequenceTransformer(*args)
+        self.text_encoder = SequenceTransformer(*args)
         self.fusion = nn.Linear(2 * d, d)  # W_fusion, b_fusion (eq. 2, 3)
 
     # ---- item side ---------------------------------------------------------------------------

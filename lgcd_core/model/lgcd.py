@@ -254,17 +254,38 @@ class LGCDModel(nn.Module):
                 z = torch.where(pseudo[:, None, None], enc.fuse_id_only(h_id), z)
         return z
 
+    @torch.no_grad()
     def target_features(self, target: str, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x0 = h^tgt = Encoder_text^target(items before each target slot) (eq. 7).
+        """x0 = h^tgt, the target domain's text encoding (eq. 7), of every slot of target-domain rows.
 
-        (B, Lt) -> x0 (B, Lt, d), has_x0 (B, Lt): slot k reads the text encoder at slot k-1 (the
-        causal encoder has seen only target-domain items before slot k, never the target itself).
+        The one definition of x0: training, the diagnostics and the oracles all call this.
+        (B, Lt) left-padded local ids -> x0 (B, Lt, d), has_x0 (B, Lt) bool. ``interpretation.x0``:
+
+        - ``preceding`` (eq. 7 as we read it): slot k reads the encoder at slot k-1, i.e. the
+          target-domain items before the target; the first target of a row has no x0.
+        - ``including`` (DreamRec-style): slot k reads the encoder at slot k, the target included, so
+          every target has an x0.
+
+        The encoders are prefix-exact (``positions: start``), so slot k's x0 is what the encoder gives
+        for that prefix read alone, as at inference. x0 is a target, never a path for gradients: with
+        ``freeze_encoders: false`` it is detached, so L_diff and L_guess cannot move it.
         """
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.training.freeze_encoders):
-            h = self.enc[target].encode_text(tgt)
-        x0 = F.pad(h[:, :-1], (0, 0, 1, 0))
-        has = F.pad(tgt[:, :-1] != 0, (1, 0), value=False)
-        return x0, has
+        h = self.enc[target].encode_text(tgt)
+        if self.cfg.interpretation.x0 == "including":
+            return h, tgt != 0
+        return F.pad(h[:, :-1], (0, 0, 1, 0)), F.pad(tgt[:, :-1] != 0, (1, 0), value=False)
+
+    def x0_after(self, target: str, history: torch.Tensor, next_item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 of one prediction per row: ``history`` (B, L) target-domain items before it, ``next_item`` (B,).
+
+        The row ``history + [next_item]`` read at its last slot by :meth:`target_features` (the target's
+        own item enters only with ``interpretation.x0: including``), cut to ``architecture.max_len`` items
+        like a training row: (B, d), has_x0 (B,). ``next_item`` 0 (unknown): the x0 of ``preceding``,
+        none with ``including``.
+        """
+        row = torch.cat([history, next_item[:, None].to(history.dtype)], dim=1)[:, -self.cfg.architecture.max_len:]
+        x0, has = self.target_features(target, row)
+        return x0[:, -1], has[:, -1]
 
     # ---- reverse process (eq. 18-20) ---------------------------------------------------------
 
@@ -364,8 +385,8 @@ class LGCDModel(nn.Module):
         zero = h_cond.new_zeros(())
         out = {"diff": zero, "guess": zero, "align": zero}
         if ablations.use_diffusion:
-            x0_all, has_all = self.target_features(target, batch["tgt"])
-            x0, has_x0 = x0_all[bi, qi], has_all[bi, qi]  # no target-domain item before it: no x0, no L_diff/L_guess
+            x0_all, has_all = (batch["x0"], batch["has_x0"]) if "x0" in batch else self.target_features(target, batch["tgt"])
+            x0, has_x0 = x0_all[bi, qi], has_all[bi, qi]  # no x0 (preceding: no earlier target item): no L_diff/L_guess
             # L_diff (eq. 17): x0-prediction at a uniformly drawn t
             diff_rows = has_x0 & ((overlap & ablations.overlap_diffusion) | (pseudo & ablations.pseudo_diffusion))
             t = torch.randint(1, self.schedule.T + 1, (len(bi),), generator=generator).to(h_cond.device)
@@ -377,6 +398,8 @@ class LGCDModel(nn.Module):
             eps = torch.randn(h_cond.shape, generator=generator).to(h_cond.device, h_cond.dtype)
             x_start, t_start, guess = self._start(head, h_cond, target, True, eps)
             h_rev = self.reverse(head, x_start, t_start, k, v, al, grad_steps=1)
+            if ablations.oracle_x0:  # the oracle row: the fusion reads the true x0 wherever there is one
+                h_rev = torch.where(has_x0[:, None], x0, h_rev)
             if ablations.guesser:  # L_guess (eq. 22), on overlap rows (eq. 26)
                 out["guess"] = _mse(guess, x0, has_x0 & overlap)
             if ablations.alignment_loss:  # L_align (eq. 21)
@@ -439,13 +462,14 @@ class LGCDModel(nn.Module):
         if not self.cfg.ablations.use_diffusion:
             return Inference(head, bi, h_cond, None, torch.zeros_like(h_cond)[None])
         x0_known = has_known = None
-        if tgt_history is not None:
-            h = self.enc[target].encode_text(tgt_history)
-            x0_known = h[:, -1][bi]
-            has_known = (tgt_history[:, -1] != 0)[bi]
+        if tgt_history is not None:  # the x0 of the next item, which 'preceding' knows from the history
+            x0_known, has_known = self.x0_after(target, tgt_history, tgt_history.new_zeros(b))
+            x0_known, has_known = x0_known[bi], has_known[bi]
         noise = self.inference_noise(direction, src[bi], draws)
         x_start, t_start, guess = self._start(head, h_cond, target, False, noise, x0_known, has_known)
         h_rev = torch.stack([self.reverse(head, x, t_start, k, v, al) for x in x_start])
+        if self.cfg.ablations.oracle_x0 and x0_known is not None:
+            h_rev = torch.where(has_known[None, :, None], x0_known[None], h_rev)
         return Inference(head, bi, h_cond, guess, h_rev)
 
     def fuse(self, inf: Inference, b: int, h_rev: torch.Tensor | None = None) -> torch.Tensor:

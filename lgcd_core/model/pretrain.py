@@ -99,7 +99,7 @@ def train_domain_encoder(pcfg: PretrainConfig, index: ItemIndex, domain: str, in
     gen = torch.Generator().manual_seed(seed)  # batch order: the same on every process
     spec = EncoderSpec(domain=domain, n_items=index.n_domain(domain), dim_text=int(inputs.embeddings.shape[1]),
                        d=pcfg.d, n_layers=pcfg.n_layers, n_heads=pcfg.n_heads, max_len=pcfg.max_len,
-                       dropout=pcfg.dropout)
+                       dropout=pcfg.dropout, positions=pcfg.positions)
     encoder = DomainEncoder(spec, index.text_rows(inputs.embeddings, domain)).to(device)
     rows_x, rows_y = pretrain_rows(index.to_local(inputs.sequences.column("items").to_pylist(), domain), pcfg.max_len)
     v_hist, v_tgt = domain_valid_cases(index, inputs.eval_cases, domain)

@@ -12,10 +12,12 @@ An epoch is one pass over the P pseudo rows (a seeded permutation cut into batch
 batch is filled up with rows of the same pass it does not hold, so every batch has exactly k and every
 pseudo row is drawn at least once an epoch). When that pass takes fewer batches than it takes to draw
 every overlap row once (``ceil(O / m)``: few pseudo rows, e.g. an LLM run capped to a sample of users),
-the epoch goes on to ``ceil(O / m)`` batches and the pseudo rows cycle, a fresh permutation per pass, so
-each of those batches still carries its k pseudo rows. Pseudo rows then repeat within an epoch: with
-P = 432 and 7,300 overlap rows (m = 32, k = 96), an epoch is 229 batches and each pseudo row is drawn
-about 51 times, each overlap row once.
+the epoch goes on to ``ceil(O / m)`` batches, and the pseudo rows of one pass are spread over them
+(each batch holds ``m`` overlap rows and about ``P / ceil(O / m)`` pseudo rows): no pseudo row is drawn
+more often than an overlap row. ``pseudo_repeats=True`` (``training.pseudo_repeats``, the behaviour
+before issue 23) instead cycles the pseudo rows so each of those batches carries k of them: with P = 68
+and 7,300 overlap rows (m = 32, k = 96) an epoch is 229 batches and each pseudo row is drawn about 320
+times, each overlap row once.
 
 Without pseudo rows every batch is ``batch_size`` overlap rows and an epoch is one pass over them;
 without overlap rows every batch is ``batch_size`` pseudo rows. ``cyclic=False`` ('w/o cyclic
@@ -38,7 +40,7 @@ from lgcd_core.model.processes import shard
 class CyclicBatchSampler:
     def __init__(self, overlap_rows: np.ndarray, pseudo_rows: np.ndarray, batch_size: int,
                  overlap_per_batch: int, cyclic: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, pseudo_repeats: bool = False) -> None:
         self.overlap = np.asarray(overlap_rows, dtype=np.int64)
         self.pseudo = np.asarray(pseudo_rows, dtype=np.int64)
         self.batch_size = batch_size
@@ -47,6 +49,7 @@ class CyclicBatchSampler:
             self.m = 0
         self.k = min(batch_size - self.m, len(self.pseudo))  # pseudo rows per batch
         self.cyclic = cyclic
+        self.pseudo_repeats = pseudo_repeats
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.state = {"cycle": 0, "offset": 0}  # position in the overlap cycle (checkpointed)
@@ -101,6 +104,10 @@ class CyclicBatchSampler:
             n = self.n_batches()
             pseudo: list[np.ndarray] = []
             passes = 0
+            if self.k and not self.pseudo_repeats and len(self._pseudo_pass(epoch, 0)) < n:
+                # one pass, spread over the epoch's batches: every pseudo row once, like every overlap row
+                order = np.random.default_rng([self.seed, 0, epoch, 0]).permutation(self.pseudo)
+                pseudo = np.array_split(order, n)
             while self.k and len(pseudo) < n:
                 pseudo += self._pseudo_pass(epoch, passes)
                 passes += 1

@@ -1,15 +1,32 @@
 """SASRec-style causal Transformer over a sequence of item vectors (paper eq. 1).
 
 Pre-LayerNorm blocks, learned absolute positions, scaled-dot-product attention with a causal and a
-padding mask. Sequences are right-aligned (left-padded with item 0), as in the public SASRec, so the
-last real position is the last column; :func:`last_real` also handles right padding.
+padding mask. Sequences are right-aligned (left-padded with item 0), so the last real position is the
+last column; :func:`last_real` also handles right padding.
+
+Where positions count from (``positions``):
+
+- ``start`` (the default; RecBole's SASRec): the first real item of a row is position 0, the next 1, ...
+  With the causal mask this makes the encoder *prefix-exact*: its output at slot k equals its output on
+  the prefix ending at k, read alone. Every training read (a condition, x0, a next-item target at slot
+  k) then sees exactly what inference sees after the same items.
+- ``end`` (the public pmixer SASRec, whose rows are always ``max_len`` wide): the last column is
+  position ``max_len - 1``. The output at slot k then depends on how many items come *after* k, so a
+  read in the middle of a training row is not what inference computes for that prefix. Kept for the
+  public-recipe baselines (``sasrec_bce_*``) and to measure the difference.
+
+Both give a row the same outputs whether the batch is padded to its own longest row or to ``max_len``.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+Positions = Literal["start", "end"]
 
 
 class Block(nn.Module):
@@ -36,11 +53,15 @@ class Block(nn.Module):
 class SequenceTransformer(nn.Module):
     """Maps item vectors ``(B, L, d)`` and a padding mask ``(B, L)`` to hidden states ``(B, L, d)``."""
 
-    def __init__(self, d: int, n_layers: int, n_heads: int, max_len: int, dropout: float) -> None:
+    def __init__(self, d: int, n_layers: int, n_heads: int, max_len: int, dropout: float,
+                 positions: Positions = "start") -> None:
         super().__init__()
         if d % n_heads:
             raise ValueError(f"d={d} must be divisible by n_heads={n_heads}")
+        if positions not in ("start", "end"):
+            raise ValueError(f"positions must be 'start' or 'end', got {positions!r}")
         self.max_len = max_len
+        self.positions = positions
         self.pos = nn.Embedding(max_len, d)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(d, n_heads, dropout) for _ in range(n_layers))
@@ -51,11 +72,7 @@ class SequenceTransformer(nn.Module):
         length = x.shape[1]
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
-        # Right-aligned position ids: the last column is always position max_len - 1, so a batch
-        # left-padded to its own longest row gives exactly the same outputs at real positions as one
-        # padded to max_len (padded keys are masked), and short batches cost less.
-        positions = torch.arange(self.max_len - length, self.max_len, device=x.device)
-        h = self.dropout(x * (x.shape[-1] ** 0.5) + self.pos(positions))
+        h = self.dropout(x * (x.shape[-1] ** 0.5) + self.pos(self.position_ids(pad)))
         h = h.masked_fill(pad.unsqueeze(-1), 0.0)
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
         # A query may attend to itself and to earlier real keys; a padded query still sees itself
@@ -66,6 +83,13 @@ class SequenceTransformer(nn.Module):
             h = block(h, allowed)
             h = h.masked_fill(pad.unsqueeze(-1), 0.0)
         return self.ln_f(h)
+
+    def position_ids(self, pad: torch.Tensor) -> torch.Tensor:
+        """(B, L) padding mask -> position ids, (B, L) for ``start`` or (L,) for ``end`` (see the module docstring)."""
+        length = pad.shape[1]
+        if self.positions == "end":
+            return torch.arange(self.max_len - length, self.max_len, device=pad.device)
+        return ((~pad).long().cumsum(1) - 1).clamp(min=0)  # padding slots read position 0; they are masked
 
 
 def last_real(hidden: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:

@@ -2,12 +2,14 @@
 
 SASRec = item embeddings + the shared :class:`SequenceTransformer`, read out at the last column.
 Sequences are right-aligned (left-padded with :func:`pad_left`, then :func:`trim_left` to the batch's
-longest row), in training and scoring alike: the transformer's positions count from the last column,
-so an item's position depends only on its own row, and a history scores the same alone or in any
-batch. An item's score is ``h · e_item + b_item``: tied embeddings plus, when ``item_bias`` is set, a
-per-item bias that starts at the log of the item's training count (without it, ``b_item`` is a
-buffer of zeros, as in the public SASRec). An empty history reads the last column of an all-padding
-row, the final LayerNorm's bias vector, so it scores items by a learned popularity either way.
+longest row), in training and scoring alike. Positions count from the start of the row (``positions:
+start``, our SASRecs: the output at slot k is the output on the prefix ending at k) or from the last
+column (``end``, the public SASRec's convention, kept by the ``sasrec_bce_*`` reference); either way an
+item's position depends only on its own row, and a history scores the same alone or in any batch.
+An item's score is ``h · e_item + b_item``: tied embeddings plus, when ``item_bias`` is set, a per-item
+bias that starts at the log of the item's training count (without it, ``b_item`` is a buffer of zeros,
+as in the public SASRec). An empty history reads the last column of an all-padding row, the final
+LayerNorm's bias vector, so it scores items by a learned popularity either way.
 
 - ``single``: one model per domain (``A``, ``B``), trained on that domain's items of every training
   sequence; it reads only the target domain's items of a history (none in ``inter_domain``).
@@ -58,7 +60,7 @@ class SASRec(nn.Module):
             self.item_bias = nn.Parameter(torch.log1p(counts.float()))
         else:
             self.register_buffer("item_bias", torch.zeros(len(counts)))
-        self.encoder = SequenceTransformer(cfg.d, cfg.n_layers, cfg.n_heads, cfg.max_len, cfg.dropout)
+        self.encoder = SequenceTransformer(cfg.d, cfg.n_layers, cfg.n_heads, cfg.max_len, cfg.dropout, cfg.positions)
         self.register_buffer("vocab", vocab)
 
     def hidden(self, seqs: torch.Tensor) -> torch.Tensor:

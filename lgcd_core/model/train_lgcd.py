@@ -104,9 +104,13 @@ def train_lgcd(lc: LGCDConfig, inputs: Inputs, encoders_dir: Path, out_dir: Path
     data = {dr: build_direction(index, dr[0], inputs.sequences, inputs.pseudo_overlap, lc.architecture.max_len,
                                 lc.interpretation.targets)
             for dr in DIRECTIONS}
+    if lc.training.freeze_encoders and lc.ablations.use_diffusion:  # x0 cannot change: compute it once per run
+        for dr in DIRECTIONS:
+            data[dr].x0, data[dr].has_x0 = x0_table(model, dr[1], data[dr].tgt)
     samplers = {dr: CyclicBatchSampler(data[dr].overlap_rows, data[dr].pseudo_rows, tc.batch_size,
                                        tc.overlap_per_batch, lc.ablations.cyclic_batches, seed=tc.seed + 17 * i,
-                                       rank=accelerator.process_index, world_size=accelerator.num_processes)
+                                       rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                       pseudo_repeats=tc.pseudo_repeats)
                 for i, dr in enumerate(DIRECTIONS)}
     cases = {t: inter_domain_cases(index, inputs.eval_cases, t) for t in DOMAINS}
     for dr in DIRECTIONS:
@@ -145,11 +149,20 @@ def train_lgcd(lc: LGCDConfig, inputs: Inputs, encoders_dir: Path, out_dir: Path
                  {"generator": GeneratorState(gen)}, processes)
     if not accelerator.is_main_process:
         return {}
-    record["diagnostics"] = generator_diagnostics(core, index, inputs.eval_cases, accelerator.device, tc.eval_batch_size)
+    record["diagnostics"] = generator_diagnostics(core, index, inputs.eval_cases, accelerator.device, tc.eval_batch_size,
+                                                  data=data)
     for direction, diag in record["diagnostics"].items():
         log(f"LGCD {direction} on valid: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in diag.items()))
     return _save(core, lc, data, record, out_dir)
+
+
+@torch.no_grad()
+def x0_table(model: LGCDModel, target: str, tgt: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 of every slot of the (N, Lt) target rows (:meth:`LGCDModel.target_features`), a chunk at a time."""
+    model.enc.eval()
+    parts = [model.target_features(target, tgt[lo:lo + chunk]) for lo in range(0, tgt.shape[0], chunk)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def _fingerprint(lc: LGCDConfig, data: dict[str, DirectionData], model: LGCDModel, cases: Cases) -> str:

@@ -1,0 +1,179 @@
+"""Where positions count from, measured: every model under ``positions: start`` (prefix-exact) against ``end``.
+
+    python -m bench.positions --new DIR_NEW --old DIR_OLD [--dataset food_kitchen] [--seeds 0,1,2]
+        [--rows full,wo_diffusion] [--sasrec sasrec_mixed,sasrec_single] [--out FILE]
+
+``DIR_NEW`` and ``DIR_OLD`` are two pipeline workspaces (see ``bench.ablations``) with the same data and
+YAML except ``pretrain.positions`` (``start`` in DIR_NEW, ``end`` in DIR_OLD), each with its pretrained
+encoders and the LGCD ``--rows`` trained by ``bench.ablations`` under ``DIR/ablations/<row>/seed<k>``.
+This trains the ``--sasrec`` baselines with ``positions: start`` into DIR_NEW and ``end`` into DIR_OLD
+(``DIR/positions/<name>_seed<k>``, read back when there), then scores every model of both workspaces on
+the evaluation stage's valid candidates:
+
+- LGCD rows in ``inter_domain`` (source-only histories, the task LGCD is for);
+- the pretrained encoder of the target domain (eq. 1-3) and the SASRecs in ``mixed_history`` and, for
+  the SASRecs, ``inter_domain`` too.
+
+Each model under ``start`` is compared with itself under ``end``: per valid case, NDCG@10 difference
+pooled over the seeds, 95% bootstrap interval over cases (the evaluation stage's comparisons). Only
+valid is read. Output: ``bench/results/positions_<dataset>.md`` or ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bench.common import mean_std, publish
+
+SETTINGS = {"lgcd": ("inter_domain",), "encoder": ("mixed_history",), "sasrec": ("inter_domain", "mixed_history")}
+
+
+def _workspace(path: Path, dataset: str):
+    """(config, Inputs, valid candidates) of a workspace (reads the environment it points at)."""
+    os.environ.update({"LGCD_DATASETS_DIR": str(path / "datasets"), "LGCD_DATA_ROOT": str(path / "data")})
+    from lgcd_core.config import dataset_path, load_dataset_config
+    from lgcd_core.evaluation.candidates import draw_candidates
+    from lgcd_core.model.batches import Inputs
+    from lgcd_pipeline.stage import sequence_inputs
+
+    cfg = load_dataset_config(dataset_path(dataset))
+    inputs = Inputs(*sequence_inputs(cfg))
+    ev = cfg.evaluation
+    return cfg, inputs, draw_candidates(inputs.eval_cases, inputs.items, "valid", ev.n_negatives, ev.candidate_seed)
+
+
+def _sasrec(cfg, inputs, candidates, name: str, positions: str, seed: int, work: Path, device: str) -> Path:
+    """Train (or read back) SASRec baseline ``name`` with ``positions``; returns its folder."""
+    from lgcd_core.model.train_sasrec import train_sasrec
+    from lgcd_core.stages import BASELINES
+
+    out = work / "positions" / f"{name}_seed{seed}"
+    if (out / BASELINES.meta).exists():
+        return out
+    mode, scfg = cfg.evaluation.sasrec_run(name)
+    print(f"== {name} seed {seed}, positions {positions}", flush=True)
+    train_sasrec(inputs, mode, scfg.model_copy(update={"positions": positions}), seed, out, device, candidates,
+                 log=lambda m: print(m, flush=True))
+    return out
+
+
+def _ranks(cfg, inputs, candidates, path: Path, rows: list[str], sasrecs: list[str], seeds: list[int],
+           positions: str, device: str) -> pa.Table:
+    """Per-case valid ranks of every model of one workspace, model names suffixed with ``@<positions>``."""
+    from lgcd_core.evaluation.evaluate import score_all
+    from lgcd_core.evaluation.run import source_only
+    from lgcd_core.evaluation.settings import item_domains
+    from lgcd_core.model.sasrec_baseline import load_sasrec_scorer
+    from lgcd_core.model.scoring import load_encoder_scorer, load_lgcd_scorer
+    from lgcd_core.stages import PRETRAINED_ENCODERS
+
+    ev, domains, encoders = cfg.evaluation, item_domains(inputs.items), PRETRAINED_ENCODERS.path(cfg)
+    parts = []
+
+    def score(scorers: dict, seed: int, kind: str) -> None:
+        scored = score_all(scorers, inputs.eval_cases, {"valid": candidates}, inputs.items, ks=ev.ks, seed=seed,
+                           settings=SETTINGS[kind], batch_size=ev.batch_size).ranks
+        parts.append(scored.set_column(0, "model", pc.binary_join_element_wise(scored.column("model"), f"@{positions}", "")))
+
+    score({"pretrained_encoder": load_encoder_scorer(encoders, inputs.embeddings, inputs.items, device)}, 0, "encoder")
+    for seed in seeds:
+        lgcd = {row: source_only(load_lgcd_scorer(path / "ablations" / row / f"seed{seed}", encoders, inputs.embeddings,
+                                                  inputs.items, device), domains)
+                for row in rows if (path / "ablations" / row / f"seed{seed}" / "lgcd.json").exists()}
+        if lgcd:
+            score(lgcd, seed, "lgcd")
+        sas = {name: load_sasrec_scorer(_sasrec(cfg, inputs, candidates, name, positions, seed, path, device), domains, device)
+               for name in sasrecs}
+        if sas:
+            score(sas, seed, "sasrec")
+    return pa.concat_tables(parts)
+
+
+def _metric(ranks: pa.Table, model: str, domain: str, setting: str, protocol: str) -> list[float]:
+    """Per-seed NDCG@10 of ``model``."""
+    import torch
+
+    from lgcd_core.evaluation.metrics import ndcg
+
+    out = []
+    sel = ranks.filter(pc.and_(pc.and_(pc.equal(ranks["model"], model), pc.equal(ranks["target_domain"], domain)),
+                               pc.and_(pc.equal(ranks["setting"], setting), pc.equal(ranks["protocol"], protocol))))
+    for seed in sorted(set(sel.column("seed").to_pylist())):
+        r = sel.filter(pc.equal(sel["seed"], seed)).column("rank").to_numpy()
+        out.append(float(ndcg(torch.from_numpy(r), 10).mean()))
+    return out
+
+
+def _encoder_valid(path: Path, cfg) -> dict:
+    """The pretraining record of each domain's encoder (best epoch, valid NDCG@10 as pre-training measured it)."""
+    from lgcd_core.stages import PRETRAINED_ENCODERS
+
+    out = {}
+    for d in "AB":
+        meta = json.loads((PRETRAINED_ENCODERS.path(cfg) / PRETRAINED_ENCODERS.meta.format(domain=d)).read_text())
+        out[d] = {k: meta.get(k) for k in ("best_epoch", "best_valid", "epochs") if k in meta}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new", type=Path, required=True, help="workspace with pretrain.positions: start")
+    parser.add_argument("--old", type=Path, required=True, help="workspace with pretrain.positions: end")
+    parser.add_argument("--dataset", default="food_kitchen")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rows", default="full,wo_diffusion", help="LGCD rows trained by bench.ablations in both")
+    parser.add_argument("--sasrec", default="sasrec_mixed,sasrec_single", help="SASRec baselines to train and compare")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from lgcd_core.device import resolve_device
+    from lgcd_core.evaluation.comparisons import paired_comparisons
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = [r for r in args.rows.split(",") if r]
+    sasrecs = [s for s in args.sasrec.split(",") if s]
+    parts, records = [], {}
+    for positions, path in (("start", args.new), ("end", args.old)):
+        cfg, inputs, candidates = _workspace(path, args.dataset)
+        if cfg.pretrain.positions != positions:
+            raise SystemExit(f"{path}: pretrain.positions is {cfg.pretrain.positions!r}, expected {positions!r}")
+        parts.append(_ranks(cfg, inputs, candidates, path, rows, sasrecs, seeds, positions, resolve_device(cfg.device)))
+        records[positions] = _encoder_valid(path, cfg)
+    ranks = pa.concat_tables(parts)
+    names = {"A": cfg.domains.A, "B": cfg.domains.B}
+    models = sorted({m.rsplit("@", 1)[0] for m in ranks.column("model").to_pylist()})
+    command = "python -m bench.positions " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = [f"# Positions from the start of the window (prefix-exact) vs from its end, {args.dataset} valid", "",
+           f"`{command}`", "",
+           "NDCG@10 per model under each convention (mean ± std over seeds) and Δ = start − end, per case, pooled "
+           "over the seeds, 95% bootstrap interval over cases (an interval containing 0: no measurable difference). "
+           "LGCD rows read source-only histories (`inter_domain`); the pretrained encoder reads the target-domain "
+           "items of the history (`mixed_history`).", ""]
+    for protocol, label in (("sampled999", "999 sampled negatives"), ("full", "full ranking")):
+        out += [f"## {label}", "", "| model | setting | target | NDCG@10, start | NDCG@10, end | Δ start − end [95% CI] | seeds |",
+                "|---|---|---|---|---|---|---:|"]
+        for model in models:
+            comp = paired_comparisons(ranks.filter(pc.is_in(ranks["model"], pa.array([f"{model}@start", f"{model}@end"]))),
+                                      f"{model}@start", ks=(10,))
+            for r in comp.to_pylist():
+                if r["protocol"] != protocol or r["metric"] != "NDCG":
+                    continue
+                d, setting = r["target_domain"], r["setting"]
+                out.append(f"| {model} | {setting} | {names[d]} | {mean_std(_metric(ranks, model + '@start', d, setting, protocol))} "
+                           f"| {mean_std(_metric(ranks, model + '@end', d, setting, protocol))} "
+                           f"| {r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {len(r['seeds'])} |")
+        out.append("")
+    out += ["## Pre-training records (valid, as pre-training measures it)", "", "```", json.dumps(records, indent=1), "```", ""]
+    publish("\n".join(out), args.out or f"positions_{args.dataset}.md")
+
+
+if __name__ == "__main__":
+    main()
