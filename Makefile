@@ -33,8 +33,9 @@ lock:
 	build/lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > $(LOCK)
 	rm -rf build/lock-venv
 
+# Through `lgcd sync`: a second `make demo` re-runs only what is missing or stale (nothing, if nothing changed).
 demo: $(STAMP)
-	$(VENV)/bin/dagster asset materialize -m lgcd_pipeline.definitions --select '*demo/evaluation,*demo/recommendations'
+	$(VENV)/bin/lgcd sync --dataset demo
 	$(VENV)/bin/lgcd summary --dataset demo
 
 # The UI test drives Debian's chromium headless; install it where we can (root with apt), else it skips.

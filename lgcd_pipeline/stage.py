@@ -8,6 +8,7 @@ declares them, files under ``datasets/<dataset>/<stage>/`` (never passed through
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,6 +20,21 @@ from lgcd_core.stages import Stage
 from lgcd_pipeline.versions import code_version
 
 GPU_POOL = "gpu"
+
+
+def gpu_pool_applies() -> bool:
+    """Whether the GPU stages queue on the ``gpu`` pool: on a machine with an NVIDIA GPU, or when forced.
+
+    ``LGCD_GPU_POOL=1`` / ``0`` forces it on / off. On a machine without a GPU the pool would only
+    serialise CPU stages, print "Step blocked by limit for pool gpu", and leave a slot held by a run
+    whose process was killed; so it is not applied there. Read without importing torch (the driver's
+    device list), so loading the definitions stays fast.
+    """
+    forced = os.environ.get("LGCD_GPU_POOL", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
 
 
 def stage_key(cfg: DatasetConfig, stage: Stage) -> dg.AssetKey:
@@ -49,7 +65,7 @@ def stage_asset(
             kinds=kinds,
             description=f"{description}\n\nDataset `{cfg.name}` ({cfg.domains.A} / {cfg.domains.B}).",
             code_version=code_version(cfg, stage.name),
-            pool=GPU_POOL if gpu else None,
+            pool=GPU_POOL if gpu and gpu_pool_applies() else None,
             check_specs=[dg.AssetCheckSpec(name, asset=key, description=desc) for name, desc in checks],
             metadata={"dataset": cfg.name, "stage": stage.name, "config": dg.MetadataValue.json(cfg.stage_config(stage.name))},
         )

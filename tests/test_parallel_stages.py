@@ -29,7 +29,8 @@ def _instance(home: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home))
 
 
-def test_runs_use_the_multiprocess_executor_and_the_gpu_stages_one_pool(tmp_path):
+def test_runs_use_the_multiprocess_executor_and_the_gpu_stages_one_pool(tmp_path, monkeypatch):
+    monkeypatch.setenv("LGCD_GPU_POOL", "1")  # as on a machine with a GPU
     defs = build_definitions([_tiny("tiny_a"), _tiny("tiny_b")])
     assert defs.resolve_implicit_global_asset_job_def().executor_def.name == dg.multiprocess_executor.name
     pools = {a.key.path[1]: a.op.pool for a in defs.assets}
@@ -38,6 +39,9 @@ def test_runs_use_the_multiprocess_executor_and_the_gpu_stages_one_pool(tmp_path
     with _instance(tmp_path / "home") as instance:
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1  # one GPU stage at a time
         assert instance.event_log_storage.supports_global_concurrency_limits
+        assert instance.run_monitoring_enabled  # the daemon releases the slots of a dead run
+    monkeypatch.setenv("LGCD_GPU_POOL", "0")  # as on a machine without a GPU: no stage waits on a pool
+    assert {a.op.pool for a in build_definitions([_tiny("tiny_a")]).assets} == {None}
 
 
 def _step_spans(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
@@ -65,7 +69,8 @@ def test_two_datasets_materialize_at_once_one_gpu_stage_at_a_time(tmp_path):
     for name in ("tiny_a", "tiny_b"):
         write_dataset_yaml(datasets, name, {**TINY_YAML, "source": {**TINY_YAML["source"], "path": str(tmp_path / "raw" / name)}})
     home = tmp_path / "home"
-    env = {**os.environ, "LGCD_DATASETS_DIR": str(datasets), "LGCD_DATA_ROOT": str(tmp_path / "data"), "DAGSTER_HOME": str(home)}
+    env = {**os.environ, "LGCD_DATASETS_DIR": str(datasets), "LGCD_DATA_ROOT": str(tmp_path / "data"), "DAGSTER_HOME": str(home),
+           "LGCD_GPU_POOL": "1"}
     with _instance(home):
         pass
     subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "lgcd_pipeline.definitions",

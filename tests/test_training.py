@@ -15,6 +15,12 @@ SIX_EPOCHS = Budget(max_epochs=6, patience=10)
 Y = X @ torch.tensor([1.0, -2.0, 0.5, 3.0])
 
 
+@pytest.fixture(autouse=True)
+def every_epoch_logged(monkeypatch):
+    """These tests count epoch lines: log every epoch (the default logs at a bounded rate)."""
+    monkeypatch.setattr(training, "PROGRESS_EVERY_S", 0.0)
+
+
 def _run(checkpoint, budget=SIX_EPOCHS, scores=None, fingerprint="toy", log=None):
     """A small regression with dropout (global RNG) and shuffled batches (its own generator)."""
     torch.manual_seed(0)
@@ -111,3 +117,16 @@ def test_checkpoint_holds_plain_data_and_a_planted_one_is_refused(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="not a safe checkpoint"):
         _run(tmp_path / "bad.pt")
+
+
+def test_progress_is_logged_at_a_bounded_rate_with_the_time_left(tmp_path, monkeypatch):
+    """First and last epoch always; in between at most one line per PROGRESS_EVERY_S; an ETA until done."""
+    model = torch.nn.Linear(2, 1)
+    lines: list[str] = []
+    for every, expected in ((3600.0, 2), (0.0, 6)):
+        monkeypatch.setattr(training, "PROGRESS_EVERY_S", every)
+        lines.clear()
+        training.fit(model, lambda epoch: {"loss": 1.0 / epoch}, lambda: {"NDCG@10": 0.1},
+                     training.Budget(6, 10), tmp_path / f"c{every}.pt", "run", {}, "toy", lines.append)
+        assert len(lines) == expected
+    assert "left" in lines[0] and lines[-1].endswith("done") and "s/epoch" in lines[-1]

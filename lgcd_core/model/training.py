@@ -43,6 +43,7 @@ from lgcd_core.io import DataError, atomic_path
 Log = Callable[[str], None]
 SELECT = "NDCG@10"
 T = TypeVar("T")
+PROGRESS_EVERY_S = 30.0  # a training loop logs its first and last epoch and at most one line per this many seconds
 
 
 class Stateful(Protocol):
@@ -152,6 +153,7 @@ def fit(model: nn.Module, train_epoch: Callable[[int], dict], evaluate: Callable
     """
     state, local_state, processes = state or {}, local_state or {}, processes or OneProcess()
     progress, best_state = _resume(model, state, local_state, processes, checkpoint, fingerprint, name, log)
+    last_line = -math.inf
     while not progress.done:
         progress.epoch += 1
         model.train()
@@ -166,7 +168,9 @@ def fit(model: nn.Module, train_epoch: Callable[[int], dict], evaluate: Callable
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         progress.epochs.append(record)
         progress.done = progress.epoch >= budget.max_epochs or progress.stale_evals >= budget.patience
-        log(_progress_line(name, record, budget))
+        if progress.done or progress.epoch == 1 or time.perf_counter() - last_line >= PROGRESS_EVERY_S:
+            log(_progress_line(name, record, budget, progress))
+            last_line = time.perf_counter()
         own = processes.gather({"rng": _rng_state(), "state": {k: obj.state_dict() for k, obj in local_state.items()}})
         if processes.index == 0:
             save_checkpoint(checkpoint, {"fingerprint": fingerprint, "model": model.state_dict(), "best_state": best_state,
@@ -189,11 +193,22 @@ def _improved(progress: Progress, record: dict) -> bool:
     return False
 
 
-def _progress_line(name: str, record: dict, budget: Budget) -> str:
+def _progress_line(name: str, record: dict, budget: Budget, progress: Progress) -> str:
+    """One line: epoch, loss, valid figures, the best so far, the rate and (unless done) the most time left."""
     line = f"{name} epoch {record['epoch']}/{budget.max_epochs}: loss {record['loss']:.4f}"
     if "valid" in record:
         line += " | valid " + " ".join(f"{k} {v:.4f}" for k, v in record["valid"].items() if isinstance(v, float))
-    return line + f" ({record['seconds']:.1f}s)"
+    seconds = float(np.mean([e["seconds"] for e in progress.epochs]))
+    line += f" | best epoch {progress.best_epoch} | {seconds:.1f} s/epoch"
+    if progress.done:
+        return line + " | done"
+    left = min(budget.max_epochs - progress.epoch, (budget.patience - progress.stale_evals) * budget.eval_every)
+    return line + f" | at most {_duration(left * seconds)} left"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _resume(model: nn.Module, state: Mapping[str, Stateful], local_state: Mapping[str, Stateful], processes: Processes,
