@@ -59,6 +59,10 @@ def sync(dataset: str | None, dry_run: bool) -> int:
     instance, defs = _instance_and_defs()
     graph = defs.resolve_asset_graph()
     scope = _scope(graph, dataset)  # an unknown dataset fails before anything is touched
+    if dataset is None:  # every dataset: skip, one line each, those whose source data is not on this machine
+        for name, reason in _absent_sources().items():
+            print(f"lgcd sync: skipping dataset {name}: {reason}", file=sys.stderr)
+            scope = {key for key in scope if key.path[0] != name}
     if dry_run:
         for run in orphaned_runs(instance):
             print(f"lgcd sync: run {run.run_id} was left running by a dead process; a real sync releases it",
@@ -80,6 +84,19 @@ def sync(dataset: str | None, dry_run: bool) -> int:
     result = dg.materialize(defs.assets, selection=plan.keys, instance=instance, raise_on_error=False)
     print(f"lgcd sync: run {result.run_id} {'succeeded' if result.success else 'FAILED'}", file=sys.stderr)
     return 0 if result.success else 1
+
+
+def _absent_sources() -> dict[str, str]:
+    """Dataset name -> why its source data is not here, for every dataset whose source folder is missing."""
+    from lgcd_core.config import discover_datasets
+
+    absent = {}
+    for cfg in discover_datasets():
+        folder = cfg.source_dir()
+        if cfg.source.format != "synthetic" and not folder.is_dir():
+            fix = f"set source.path in its YAML{f' or ${cfg.source.path_env}' if cfg.source.path_env else ''}"
+            absent[cfg.name] = f"its source folder {folder} is missing ({fix})"
+    return absent
 
 
 def status(dataset: str | None) -> int:

@@ -125,3 +125,18 @@ def test_sync_reruns_exactly_what_each_edit_invalidates(tiny_env: Path, tmp_path
     (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
     message = failure.step_failure_data.error.to_string()  # the DataError is the cause of Dagster's wrapper
     assert "sasrec_mixed_seed0/mixed.safetensors" in message and "materialize tiny/baselines" in message
+
+
+def test_sync_of_every_dataset_skips_those_whose_source_data_is_absent(tiny_env: Path) -> None:
+    """`lgcd sync` with no --dataset (what `make sync` runs): one line per dataset without data, the rest planned."""
+    absent = {**TINY_YAML, "source": {"format": "llmcdsr", "path": str(tiny_env / "nowhere"), "path_env": "LGCD_NOWHERE"}}
+    (tiny_env / "datasets" / "elsewhere.yaml").write_text(yaml.safe_dump(absent))
+    lgcd = Path(sys.executable).parent / "lgcd"
+    proc = subprocess.run([str(lgcd), "sync", "--dry-run"], env={**os.environ, "LGCD_NOWHERE": ""}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    skipped = [line for line in proc.stderr.splitlines() if "skipping" in line]
+    assert skipped == [f"lgcd sync: skipping dataset elsewhere: its source folder {tiny_env / 'nowhere'} is missing "
+                       "(set source.path in its YAML or $LGCD_NOWHERE)"]
+    planned = proc.stdout.split()
+    assert planned and all(key.startswith("tiny/") for key in planned)
