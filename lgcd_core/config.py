@@ -16,7 +16,7 @@ import os
 import re
 from functools import reduce
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -34,7 +34,49 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A YAML section: unknown keys, non-finite floats, and booleans where a number goes (or the reverse) are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_booleans(cls, data: object) -> object:
+        """YAML's ``true`` is not the integer 1, and ``1`` is not ``true``: refuse either in place of the other."""
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if field is None:
+                continue
+            kinds = _scalar_kinds(field.annotation)
+            if isinstance(value, bool) and kinds and bool not in kinds:
+                raise ValueError(f"field '{name}' must be a number, got the boolean {str(value).lower()}")
+            if kinds == {bool} and not isinstance(value, bool):
+                raise ValueError(f"field '{name}' must be true or false, got {type(value).__name__}")
+        return data
+
+
+def _scalar_kinds(annotation: object) -> set[type]:
+    """The scalar types (bool, int, float) an annotation admits, e.g. ``int | None`` -> {int}."""
+    if get_origin(annotation) is Annotated:
+        return _scalar_kinds(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, type(int | None)):
+        return set().union(*(_scalar_kinds(a) for a in get_args(annotation)))
+    return {annotation} & {bool, int, float}
+
+
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # what every generator (numpy, torch, random) accepts, with room to combine
+
+
+def _heads_divide(d: int, n_heads: int, what: str) -> None:
+    if d % n_heads:
+        raise ValueError(f"{what}n_heads ({n_heads}) must divide d ({d})")
+
+
+def _distinct(values: list, what: str) -> None:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} must be distinct; repeated: {repeated}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,7 +94,7 @@ class AmazonFiles(_Section):
 class SyntheticSpec(_Section):
     """Size and shape of the synthetic demo data (see lgcd_core.data.synthetic)."""
 
-    seed: int = 7  # the generator's seed: the same spec gives the same files, byte for byte
+    seed: Seed = 7  # the generator's seed: the same spec gives the same files, byte for byte
     n_tastes: int = Field(default=6, ge=2, le=8)  # latent tastes (italian, baking, tea, ...) shared by both domains
     n_items_a: int = Field(default=300, ge=2)  # items of domain A (Grocery)
     n_items_b: int = Field(default=400, ge=2)  # items of domain B (Kitchen)
@@ -107,6 +149,17 @@ class DomainNames(_Section):
     A: str  # e.g. "Food"
     B: str  # e.g. "Kitchen"
 
+    @model_validator(mode="after")
+    def _names(self) -> DomainNames:
+        for key, name in (("A", self.A), ("B", self.B)):
+            if not name.strip():
+                raise ValueError(f"domain name {key} is blank")
+            if any(not ch.isprintable() for ch in name):  # newlines, tabs, NUL, ESC, RLO...: they go into prompts
+                raise ValueError(f"domain name {key} must be one line of printable characters")
+        if self.A.strip().casefold() == self.B.strip().casefold():
+            raise ValueError(f"the two domains must have different names, both are {self.A!r}")
+        return self
+
 
 class FilterConfig(_Section):
     """k-core filtering (iterative to a fixed point, per domain) and an optional time window.
@@ -122,7 +175,7 @@ class FilterConfig(_Section):
 class SplitConfig(_Section):
     """Held-out overlap users for raw data. LLMCDSR data brings its own valid/test files."""
 
-    seed: int = 42  # shuffles the eligible overlap users before they are held out
+    seed: Seed = 42  # shuffles the eligible overlap users before they are held out
     valid_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)  # share of overlap users held out for valid
     test_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)  # share of overlap users held out for test
     min_history: int = Field(default=1, ge=1)  # a held-out user needs this many other-domain items before the target
@@ -164,7 +217,7 @@ class GenerationConfig(_Section):
     temperature: float = Field(default=0.7, gt=0.0)  # sampling temperature (do_sample only)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)  # nucleus sampling mass (do_sample only)
     repetition_penalty: float = Field(default=1.0, gt=0.0)  # 1: none
-    seed: int = 0  # sampling seed
+    seed: Seed = 0  # sampling seed
 
     def token_cap(self, n_items: int) -> int:
         """``max_new_tokens``, or when null the budget of a complete list of ``n_items`` items."""
@@ -307,8 +360,8 @@ class PseudoOverlapConfig(_Section):
 
     source: Literal["llm", "text", "collaborative"] = "llm"  # where pseudo users' target items come from (see above)
     max_users: int | None = Field(default=None, ge=1)  # a seeded sample of this many single-domain users; null: all
-    sample_seed: int = 0  # seed of that sample (the same users for every source)
-    seed: int = 0  # with user_idx, seeds where each user's grounded items are inserted
+    sample_seed: Seed = 0  # seed of that sample (the same users for every source)
+    seed: Seed = 0  # with user_idx, seeds where each user's grounded items are inserted
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,8 +384,13 @@ class PretrainConfig(_Section):
     train_negatives: int | None = Field(default=None, ge=1)  # eq. 3 as a sampled softmax on this many negatives; null: full
     epochs: int = Field(default=30, ge=1)  # most epochs per domain; the best one on valid NDCG@10 is kept
     patience: int = Field(default=5, ge=1)  # stop after this many epochs without a better valid NDCG@10
-    seed: int = 0  # seeds initialisation and batch order
+    seed: Seed = 0  # seeds initialisation and batch order
     bf16: bool = False  # bf16 autocast on CUDA
+
+    @model_validator(mode="after")
+    def _heads(self) -> PretrainConfig:
+        _heads_divide(self.d, self.n_heads, "")
+        return self
 
 
 class LGCDDiffusion(_Section):
@@ -346,6 +404,12 @@ class LGCDDiffusion(_Section):
     lambda_B: float = Field(default=0.3, gt=0.0, le=1.0)  # λ when B is the target
     sampler_steps: int | None = Field(default=10, ge=0)  # reverse jumps t_start -> 0: DDIM (η=0) on this many; null/0: each step, eq. 20
     inference_draws: int = Field(default=1, ge=1)  # ε draws per user at inference; the scores are averaged over them
+
+    @model_validator(mode="after")
+    def _betas(self) -> LGCDDiffusion:
+        if not 0.0 < self.beta_min <= self.beta_max < 1.0:
+            raise ValueError(f"need 0 < beta_min <= beta_max < 1, got beta_min {self.beta_min}, beta_max {self.beta_max}")
+        return self
 
 
 class LGCDArchitecture(_Section):
@@ -370,7 +434,7 @@ class LGCDTraining(_Section):
     encoder_lr: float = Field(default=1e-4, gt=0)  # Adam learning rate of the encoders when not frozen
     weight_decay: float = Field(default=0.0, ge=0)  # Adam weight decay
     freeze_encoders: bool = True  # keep the pretrained encoders fixed (and in eval mode); false fine-tunes them
-    seed: int = 0  # seed of the default model (evaluation.seeds trains more)
+    seed: Seed = 0  # seed of the default model (evaluation.seeds trains more)
     bf16: bool = False  # bf16 autocast on CUDA
     eval_batch_size: int = Field(default=512, ge=1)  # rows per batch when scoring valid cases
     rec_negatives: int | None = Field(default=None, ge=1)  # L_rec (eq. 25): sampled softmax, this many negatives; null: full
@@ -522,6 +586,7 @@ class BaselineSASRecConfig(_Section):
 
     @model_validator(mode="after")
     def _negatives(self) -> BaselineSASRecConfig:
+        _heads_divide(self.d, self.n_heads, "")
         if self.loss == "bce" and self.train_negatives is not None:
             raise ValueError("train_negatives applies to loss 'softmax' only (bce draws one negative per position); "
                              "set it to null")
@@ -560,9 +625,9 @@ class EvaluationConfig(_Section):
     """Candidates, metrics, seeds and the models the `evaluation` stage scores."""
 
     n_negatives: int = Field(default=999, ge=1)  # sampled negatives ranked with each target (the paper: 999)
-    candidate_seed: int = 2026  # seeds the negatives, drawn once per split
-    ks: list[int] = [1, 5, 10]  # cut-offs of HR@k and NDCG@k
-    seeds: list[int] = Field(default=[0], min_length=1)  # every trained model is trained once per seed
+    candidate_seed: Seed = 2026  # seeds the negatives, drawn once per split
+    ks: list[Annotated[int, Field(ge=1)]] = Field(default=[1, 5, 10], min_length=1)  # cut-offs of HR@k and NDCG@k
+    seeds: list[Seed] = Field(default=[0], min_length=1)  # every trained model is trained once per seed
     baselines: list[str] = list(BASELINES)  # the baselines trained and scored (BASELINES)
     variants: list[str] = []  # the Table 3 LGCD variants trained and scored (VARIANT_SWITCHES)
     lgcd_reads_target_history: bool = True  # mixed_history: LGCD also reads target-domain items (ours)
@@ -573,6 +638,8 @@ class EvaluationConfig(_Section):
 
     @model_validator(mode="after")
     def _names(self) -> EvaluationConfig:
+        _distinct(self.ks, "ks")
+        _distinct(self.seeds, "seeds")
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
@@ -616,7 +683,7 @@ class RecommendationsConfig(_Section):
     faiss_above: int = Field(default=50_000, ge=0)  # target domains with more items than this search through FAISS
     batch_size: int = Field(default=512, ge=1)  # users scored per batch
     sample_users: int = Field(default=10, ge=0)  # users shown in the stage's metadata table
-    sample_seed: int = 0  # seeds which users that table shows
+    sample_seed: Seed = 0  # seeds which users that table shows
 
 
 class DatasetConfig(_Section):
@@ -624,7 +691,8 @@ class DatasetConfig(_Section):
 
     name: str = Field(pattern=rf"^{NAME_PATTERN.pattern}$")  # the YAML's file stem
     description: str = ""  # free text for the reader of the YAML
-    device: str = "auto"  # torch device of every stage that runs a model: auto (CUDA when available), cpu, cuda, cuda:1
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")  # torch device of every stage that runs
+    # a model: auto (CUDA when available), cpu, mps, cuda, cuda:1
     train_processes: int = Field(default=1, ge=1)  # data-parallel processes (accelerate launch) of pretraining and LGCD training
     source: SourceConfig  # raw_interactions, raw_items
     domains: DomainNames  # display names of A and B
@@ -638,6 +706,11 @@ class DatasetConfig(_Section):
     lgcd: LGCDConfig = LGCDConfig()  # lgcd_model
     evaluation: EvaluationConfig = EvaluationConfig()  # baselines, evaluation (and lgcd_model's seeds and variants)
     recommendations: RecommendationsConfig = RecommendationsConfig()  # recommendations
+
+    @model_validator(mode="after")
+    def _denoiser_heads(self) -> DatasetConfig:
+        _heads_divide(self.pretrain.d, self.lgcd.architecture.n_heads, "lgcd.architecture.")  # LGCD's d is pretrain.d
+        return self
 
     # ---- paths -----------------------------------------------------------------------------
 
@@ -714,9 +787,22 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"not valid YAML{where}: {getattr(exc, 'problem', None) or type(exc).__name__}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a mapping holding the same key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> object:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -726,7 +812,7 @@ def _read_yaml(path: Path) -> object:
 def _validation_problems(exc: ValidationError) -> str:
     """One clause per error: the field's dotted path and pydantic's message, never the input value."""
     return "; ".join(
-        f"field '{'.'.join(str(p) for p in err['loc'])}': {err['msg'].removeprefix('Value error, ')}"
+        (f"field '{'.'.join(str(p) for p in err['loc'])}': " if err["loc"] else "") + err["msg"].removeprefix("Value error, ")
         for err in exc.errors()
     )
 
