@@ -126,3 +126,9 @@ def write_npy(array: np.ndarray, path: Path) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
+
+
+def printable(text: str) -> str:
+    """``text`` as one line of printable characters: whitespace runs become one space; control and format
+    characters (NUL, ESC, BEL, right-to-left overrides, ...) are dropped."""
+    return "".join(ch for ch in " ".join(text.split()) if ch.isprintable())

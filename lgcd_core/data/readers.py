@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from lgcd_core.config import DatasetConfig, SyntheticSpec
 from lgcd_core.data import amazon, llmcdsr, synthetic
-from lgcd_core.io import DataError
+from lgcd_core.io import DataError, printable
 from lgcd_core.stages import RAW_INTERACTIONS, RAW_ITEMS
 
 INTERACTIONS_SCHEMA = pa.schema(
@@ -114,7 +114,15 @@ def read_items(cfg: DatasetConfig, interactions: pa.Table) -> pa.Table:
         table, stats = amazon.read_items(source_folder(cfg), source.amazon_version, source.files, interactions, names)
     table = conform(table, ITEMS_SCHEMA, RAW_ITEMS.name)
     _require_domains(table, RAW_ITEMS.name, "items", cfg)
-    return with_stats(table, stats)
+    return with_stats(printable_columns(table, ("title", "brand", "categories", "text")), stats)
+
+
+def printable_columns(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:
+    """``table`` with each of ``columns`` as one line of printable text (control characters dropped, nulls kept)."""
+    for name in columns:
+        values = [None if v is None else printable(v) for v in table.column(name).to_pylist()]
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, pa.string()))
+    return table
 
 
 def _require_domains(table: pa.Table, stage: str, what: str, cfg: DatasetConfig) -> None:

@@ -296,8 +296,21 @@ def complete_list_criteria(tokenizer, prompt_length: int, n_items: int):  # -> t
     return StoppingCriteriaList([CompleteList()])
 
 
+def special_tokens(tokenizer) -> list[str]:
+    """Every string ``tokenizer`` turns into a special (control) token when it parses text."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return sorted({*getattr(tokenizer, "all_special_tokens", []), *(t.content for t in added.values() if t.special)})
+
+
 def chat_text(tokenizer, prompt: str) -> str:
-    """One user prompt in the tokenizer's chat template (with the assistant's turn opened); as is without one."""
+    """One user prompt in the tokenizer's chat template (with the assistant's turn opened); as is without one.
+
+    Any of the tokenizer's special tokens inside the prompt is made inert first (:func:`prompts.defang`):
+    the template's own markers are then the only control tokens of the text.
+    """
+    from lgcd_core.language.prompts import defang
+
+    prompt = defang(prompt, special_tokens(tokenizer))
     if not getattr(tokenizer, "chat_template", None):
         return prompt
     messages = [{"role": "user", "content": prompt}]

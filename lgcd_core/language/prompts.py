@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from lgcd_core.config import REPO_ROOT
+from lgcd_core.io import printable
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 PLACEHOLDERS = ("{source_domain}", "{target_domain}", "{items}", "{n}")
@@ -39,9 +40,29 @@ def load_template(name: str, direction: Direction) -> str:
     return text
 
 
+# Chat-template markers of common model families. Item text is data: a title holding one of these must not
+# close the user's turn or open a system turn, whichever backend (or remote server) applies the template.
+CHAT_MARKERS = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<\|?(?:eot_id|begin_of_text)\|?>")
+
+
+def defang(text: str, markers: list[str] | None = None) -> str:
+    """``text`` with every chat-template marker (:data:`CHAT_MARKERS`, and the literal ``markers``, e.g. a
+    tokenizer's special tokens) made inert: its angle or square brackets become the look-alike ‹ › / ⟦ ⟧,
+    so a tokenizer reads it as plain text and a reader still sees what the data said."""
+    def inert(marker: str) -> str:
+        swapped = marker.replace("<", "‹").replace(">", "›").replace("[", "⟦").replace("]", "⟧")
+        return swapped if swapped != marker else marker[0] + "\u2009" + marker[1:]  # a thin space splits the rest
+
+    for marker in sorted(markers or [], key=len, reverse=True):
+        if marker and marker in text:
+            text = text.replace(marker, inert(marker))
+    return CHAT_MARKERS.sub(lambda m: inert(m.group(0)), text)
+
+
 def display_text(text: str, max_chars: int) -> str:
-    """An item's text as the prompt shows it: one line, cut to ``max_chars`` (ending in '...')."""
-    flat = " ".join(text.split())
+    """An item's text as the prompt shows it: one printable line with chat markers made inert (:func:`defang`),
+    cut to ``max_chars`` (ending in '...')."""
+    flat = defang(printable(text))
     return flat if len(flat) <= max_chars else flat[: max_chars - 3].rstrip() + "..."
 
 
