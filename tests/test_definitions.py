@@ -63,3 +63,18 @@ def test_the_graph_is_the_registry() -> None:
         assert {parent.path[1] for parent in node.parent_keys} == {d.name for d in stage.deps}, stage
         assert node.group_name == f"tiny/{stage.group}", stage
         assert node.metadata["stage"] == stage.name
+
+
+def test_a_stage_publishes_only_the_runs_its_configuration_asks_for(tmp_path):
+    """A folder an earlier, failed configuration left in the work folder is not published (issue 24 point 8)."""
+    from lgcd_pipeline.assets.model import _publish
+
+    work, out = tmp_path / "work", tmp_path / "stage"
+    for rel in ("lgcd.json", "checkpoint.pt", "lgcd_seed1/lgcd.json", "lgcd_seed1/checkpoint.pt",
+                "lgcd_seed18446744073709551616/lgcd.json"):
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_text(rel)
+    (out / "lgcd_seed7").mkdir(parents=True)  # a run of an earlier configuration, already published
+    _publish(work, out, [work, work / "lgcd_seed1"])
+    published = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert published == ["lgcd.json", "lgcd_seed1/lgcd.json"] and not work.exists()

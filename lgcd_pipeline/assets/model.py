@@ -25,12 +25,23 @@ from lgcd_pipeline.metadata import image_metadata, stats_metadata
 from lgcd_pipeline.stage import sequence_inputs, stage_asset, work_dir
 
 
-def _publish(work: Path, out_dir: Path) -> None:
-    """Copy a finished work folder, checkpoints left out, into the stage folder; then remove it."""
+def _publish(work: Path, out_dir: Path, runs: list[Path] = ()) -> None:
+    """Publish a finished work folder into the stage folder, then remove it.
+
+    Only what this configuration asks for is published: the work folder's own files and the run folders
+    ``runs`` (checkpoints left out). A folder left in the work folder by an earlier, failed or since
+    removed configuration (another seed, a dropped variant) is not.
+    """
     from lgcd_core.io import atomic_dir
 
+    skip = shutil.ignore_patterns("checkpoint*.pt")
     with atomic_dir(out_dir) as tmp:
-        shutil.copytree(work, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoint*.pt"))
+        for path in work.iterdir():
+            if path.is_file() and not skip(str(work), [path.name]):
+                shutil.copy2(path, tmp / path.name)
+        for run in runs:
+            if run != work:
+                shutil.copytree(run, tmp / run.relative_to(work), ignore=skip)
     shutil.rmtree(work)
 
 
@@ -70,13 +81,14 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.io import read_parquet
         from lgcd_core.model.batches import Inputs
         from lgcd_core.model.launch import train
+        from lgcd_core.model.runs import all_lgcd_runs, lgcd_run_dir
         from lgcd_core.model.train_lgcd import train_lgcd_runs
 
         pseudo = read_parquet(PSEUDO_OVERLAP_SEQUENCES.table.path(cfg))
         work = work_dir(cfg, LGCD_MODEL)
         stats = train(train_lgcd_runs, cfg, Inputs(*sequence_inputs(cfg), pseudo_overlap=pseudo), work,
                       resolve_device(cfg.device), context.log.info, encoders_dir=PRETRAINED_ENCODERS.path(cfg))
-        _publish(work, out_dir)
+        _publish(work, out_dir, [lgcd_run_dir(cfg, work, name, seed) for name, seed, _ in all_lgcd_runs(cfg)])
         return _result({"runs": sorted(stats), **stats})
 
     @stage_asset(
@@ -91,6 +103,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.evaluation.candidates import draw_candidates
         from lgcd_core.io import read_parquet, write_parquet
         from lgcd_core.model.batches import Inputs
+        from lgcd_core.model.runs import run_dir
         from lgcd_core.model.train_sasrec import train_baselines
 
         inputs = Inputs(*(read_parquet(f.path(cfg)) for f in (SEQUENCES.items, SEQUENCES.sequences, SEQUENCES.eval_cases)))
@@ -100,7 +113,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         valid = draw_candidates(inputs.eval_cases, inputs.items, "valid", ev.n_negatives, ev.candidate_seed)
         write_parquet(valid, work / BASELINES.candidates.format(split="valid"))
         stats = train_baselines(cfg, inputs, valid, work, resolve_device(cfg.device), log=context.log.info)
-        _publish(work, out_dir)
+        _publish(work, out_dir, [run_dir(work, name, seed) for seed in ev.seeds for name in ev.sasrec_baselines])
         return dg.MaterializeResult(metadata=stats_metadata({"runs": sorted(stats), **stats}))
 
     return [pretrained_encoders, lgcd_model, baselines]
