@@ -237,7 +237,9 @@ class HttpBackendConfig(_Section):
     model: str  # the model name the server expects
     api_key_env: str | None = None  # the environment variable holding the API key (never the key itself); sent to every endpoint
     concurrency: int = Field(default=4, ge=1)  # requests in flight at once, per endpoint
-    timeout_s: float = Field(default=60.0, gt=0)  # per request; a request stalled past it moves to another endpoint
+    timeout_s: float = Field(default=60.0, gt=0)  # total per request (connect, send, every byte of the reply); a request
+    # past it is stalled and moves to another endpoint
+    max_reply_bytes: int = Field(default=4_000_000, ge=1024)  # a longer reply is refused as malformed (read no further)
     max_retries: int = Field(default=3, ge=0)  # retries of a failed request on the same endpoint
     backoff_s: float = Field(default=1.0, ge=0)  # wait before retry r is backoff_s * 2**r
     cooldown_s: float = Field(default=30.0, ge=0)  # an endpoint whose request failed gets no new request for this long (fleet)

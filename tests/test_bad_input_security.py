@@ -21,6 +21,7 @@ import pathlib
 import pickle
 import shlex
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -414,8 +415,8 @@ def serve() -> Iterator[Callable[[Callable], Server]]:
 
 
 def _backend(url: str, **http) -> HttpBackend:
-    server = HttpBackendConfig(base_url=url, model="tiny", api_key_env=KEY_ENV, timeout_s=5, max_retries=1,
-                               backoff_s=0, **http)
+    settings = {"timeout_s": 5, "max_retries": 1, "backoff_s": 0, "max_reply_bytes": 1_000_000, **http}
+    server = HttpBackendConfig(base_url=url, model="tiny", api_key_env=KEY_ENV, **settings)
     return HttpBackend(server, GenerationConfig(max_new_tokens=8))
 
 
@@ -436,7 +437,11 @@ HTTP_CASES = [  # (id, respond(handler, other server url), error pieces ({a}, {b
     ("ok-200", lambda h, b: (200, {"Content-Type": "application/json"}, OK), None, 1),
     ("unauthorized-401", lambda h, b: (401, {}, _echo(h)), ["HTTP 401 (not retried)"], 1),
     ("echoed-key-500", lambda h, b: (500, {}, _echo(h)), ["failed after 2 attempts: HTTP 500"], 2),
-    ("echoed-key-malformed-200", lambda h, b: (200, {}, _echo(h)), ["malformed response", "Bearer <redacted>"], 2),
+    ("echoed-key-malformed-200", lambda h, b: (200, {}, _echo(h)), ["contains the API key: refused"], 1),
+    ("echoed-key-in-the-answer", lambda h, b: (200, {}, json.dumps({"choices": [{"message": {"content": _echo(h).decode()}}]})
+                                                .encode()), ["contains the API key: refused"], 1),
+    ("deeply-nested-json", lambda h, b: (200, {}, b"[" * 200_000 + b"]" * 200_000), ["malformed response (RecursionError)"], 2),
+    ("reply-too-long", lambda h, b: (200, {}, b" " * 3_000_000 + OK), ["longer than max_reply_bytes = 1000000"], 2),
 ]
 
 
@@ -458,6 +463,41 @@ def test_http_backend_sends_the_key_only_to_base_url(respond, pieces, calls, ser
              cache_key(backend.model_id, "template", "GOOD", backend.settings)]
     assert not [text for text in leaks if KEY in text]
     assert KEY_ENV in repr(backend)
+
+
+def test_a_trickling_reply_times_out_on_the_whole_request_not_per_read(monkeypatch):
+    """One byte every 0.2 s keeps every socket read alive; the request's total deadline still ends it."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(OK)))
+            self.end_headers()
+            try:
+                for byte in OK:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        backend = _backend(f"http://127.0.0.1:{httpd.server_address[1]}", timeout_s=1.0, max_retries=0)
+        started = time.monotonic()
+        answer = backend.request("GOOD")
+        assert time.monotonic() - started < 3.0  # len(OK) bytes at 5/s would take ~15 s
+        assert answer.text == "" and "timeout_s = 1 s" in answer.error
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def _dataset(url: str) -> DatasetConfig:

@@ -339,6 +339,10 @@ class Stalled(RetryableError):
     """No answer within ``timeout_s``: the request moves to another endpoint at once when one is left."""
 
 
+class KeyInReply(RuntimeError):
+    """The reply holds the API key (a server echoing the request): refused, never cached or written, not retried."""
+
+
 class RedirectRefused(RuntimeError):
     """The server answered 3xx: not followed (not retried), so the key and prompts never go elsewhere."""
 
@@ -437,9 +441,10 @@ class HttpBackend:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         req = urllib.request.Request(url, json.dumps(self.payload(prompt)).encode(), headers, method="POST")
+        deadline = time.monotonic() + self.http.timeout_s
         try:
             with _OPENER.open(req, timeout=self.http.timeout_s) as resp:
-                raw = resp.read()
+                raw = self._read_reply(resp, deadline)
         except urllib.error.HTTPError as exc:
             exc.close()
             if 300 <= exc.code < 400:
@@ -452,15 +457,44 @@ class HttpBackend:
         except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
             timed_out = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
             raise (Stalled if timed_out else RetryableError)(f"{type(exc).__name__}: {exc}") from exc
+        if self._api_key and self._api_key.encode() in raw:
+            raise KeyInReply(f"the reply from {url} contains the API key: refused (not cached, not written)")
         try:
             body = json.loads(raw)
             text = body["choices"][0]["message"]["content"]
             if not isinstance(text, str):
                 raise TypeError("content is not a string")
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise RetryableError(f"malformed response: {raw[:120]!r}") from exc
-        tokens = (body.get("usage") or {}).get("completion_tokens")
+            usage = body.get("usage") if isinstance(body, dict) else None
+            tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        except Exception as exc:  # whatever a malformed reply raises (RecursionError for deep nesting included)
+            raise RetryableError(f"malformed response ({type(exc).__name__}): {raw[:120]!r}") from None
         return Answer(text.strip(), int(tokens) if isinstance(tokens, int) else len(text.split()))
+
+    def _read_reply(self, resp, deadline: float) -> bytes:
+        """The reply body, read in chunks against one deadline for the whole request and a size limit.
+
+        A socket timeout alone bounds each read, so a server trickling one byte a second would never time
+        out; here the request as a whole does.
+        """
+        limit, chunks, size = self.http.max_reply_bytes, [], 0
+        while True:
+            late = TimeoutError(f"no complete reply within timeout_s = {self.http.timeout_s:g} s")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise late
+            sock = getattr(getattr(resp.fp, "raw", None), "_sock", None)  # the reply's socket: its next read waits
+            if sock is not None:  # at most until the deadline
+                sock.settimeout(left)
+            try:
+                chunk = resp.read1(65536)
+            except TimeoutError:
+                raise late from None
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > limit:
+                raise RetryableError(f"malformed response: longer than max_reply_bytes = {limit}")
+            chunks.append(chunk)
 
     def attempt(self, endpoint: Endpoint, prompt: str) -> tuple[Answer, str]:
         """One request to ``endpoint``, counted in its stats: (answer, 'ok' | 'retry' | 'stalled' | 'final')."""
@@ -471,7 +505,7 @@ class HttpBackend:
             answer, outcome = Answer("", 0, self.redact(str(exc))), "stalled"
         except RetryableError as exc:
             answer, outcome = Answer("", 0, self.redact(str(exc))), "retry"
-        except RedirectRefused as exc:
+        except (RedirectRefused, KeyInReply) as exc:
             answer, outcome = Answer("", 0, self.redact(str(exc))), "final"
         except urllib.error.HTTPError as exc:
             answer, outcome = Answer("", 0, f"HTTP {exc.code} (not retried)"), "final"
