@@ -142,9 +142,11 @@ def recommend(dataset: str, user: str, k: int | None, as_json: bool) -> int:
     """A user's history (per domain) and their top items, read from the stored `recommendations` asset."""
     import json
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from lgcd_core.config import ConfigError, dataset_path, load_dataset_config
+    from lgcd_core.data.contracts import check_items, item_domains
     from lgcd_core.io import DataError, recover
     from lgcd_core.stages import RECOMMENDATIONS, SEQUENCES
 
@@ -161,6 +163,7 @@ def recommend(dataset: str, user: str, k: int | None, as_json: bool) -> int:
                         "and held-out users have recommendations")
     first = rows[0]
     items = pq.read_table(SEQUENCES.items.path(cfg), columns=["item_idx", "item_id", "domain", "title"])
+    check_items(pa.Table.from_pylist(rows), "item_idx", item_domains(items), path, domain_column="target_domain")
     if first["case_id"] is None:
         table = pq.read_table(SEQUENCES.sequences.path(cfg), filters=[("user_idx", "=", first["user_idx"])])
         history = table.column("items")[0].as_py()

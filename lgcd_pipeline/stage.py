@@ -85,15 +85,13 @@ def sequence_inputs(cfg: DatasetConfig):
     """What the model and evaluation stages read: items, sequences, eval cases, item text vectors."""
     import numpy as np
 
+    from lgcd_core.data.contracts import check_sequence_tables
     from lgcd_core.io import read_parquet
 
     seq = stages.SEQUENCES
-    return (
-        read_parquet(seq.items.path(cfg)),
-        read_parquet(seq.sequences.path(cfg)),
-        read_parquet(seq.eval_cases.path(cfg)),
-        np.load(stages.ITEM_TEXT_EMBEDDINGS.vectors.path(cfg)),
-    )
+    tables = read_parquet(seq.items.path(cfg)), read_parquet(seq.sequences.path(cfg)), read_parquet(seq.eval_cases.path(cfg))
+    check_sequence_tables(*tables, seq.items.path(cfg).parent)
+    return (*tables, np.load(stages.ITEM_TEXT_EMBEDDINGS.vectors.path(cfg)))
 
 
 def cache_dir(cfg: DatasetConfig, name: str) -> Path:

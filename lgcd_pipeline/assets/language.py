@@ -103,11 +103,14 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         "seeded positions (Ŝ_i^A); `is_pseudo` marks the inserted positions.",
     )
     def pseudo_overlap_sequences(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
+        from lgcd_core.data.contracts import check_items, item_domains
         from lgcd_core.io import atomic_dir, read_parquet, write_parquet
         from lgcd_core.language.pseudo_overlap import build_pseudo_overlap
 
         sequences = read_parquet(SEQUENCES.sequences.path(cfg))
         grounded = read_parquet(GROUNDED_ITEMS.table.path(cfg))
+        check_items(grounded, "items", item_domains(read_parquet(SEQUENCES.items.path(cfg))), GROUNDED_ITEMS.table.path(cfg),
+                    domain_column="target_domain")
         table, stats = build_pseudo_overlap(sequences, grounded, cfg.pseudo_overlap)
         stats = {"source": cfg.pseudo_overlap.source, **stats}
         with atomic_dir(out_dir) as tmp:

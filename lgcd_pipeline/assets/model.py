@@ -77,6 +77,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         "evaluation.seeds and per Table 3 variant the YAML lists.",
     )
     def lgcd_model(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
+        from lgcd_core.data.contracts import check_items, item_domains
         from lgcd_core.device import resolve_device
         from lgcd_core.io import read_parquet
         from lgcd_core.model.batches import Inputs
@@ -85,8 +86,11 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.model.train_lgcd import train_lgcd_runs
 
         pseudo = read_parquet(PSEUDO_OVERLAP_SEQUENCES.table.path(cfg))
+        inputs = Inputs(*sequence_inputs(cfg), pseudo_overlap=pseudo)
+        check_items(pseudo, "items", item_domains(inputs.items), PSEUDO_OVERLAP_SEQUENCES.table.path(cfg),
+                    domain_column="target_domain", only="is_pseudo")  # inserted items lie in the row's target domain
         work = work_dir(cfg, LGCD_MODEL)
-        stats = train(train_lgcd_runs, cfg, Inputs(*sequence_inputs(cfg), pseudo_overlap=pseudo), work,
+        stats = train(train_lgcd_runs, cfg, inputs, work,
                       resolve_device(cfg.device), context.log.info, encoders_dir=PRETRAINED_ENCODERS.path(cfg))
         _publish(work, out_dir, [lgcd_run_dir(cfg, work, name, seed) for name, seed, _ in all_lgcd_runs(cfg)])
         return _result({"runs": sorted(stats), **stats})
