@@ -10,6 +10,7 @@ processes and puts back a previous folder that a kill caught between the two ren
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -132,3 +133,37 @@ def printable(text: str) -> str:
     """``text`` as one line of printable characters: whitespace runs become one space; control and format
     characters (NUL, ESC, BEL, right-to-left overrides, ...) are dropped."""
     return "".join(ch for ch in " ".join(text.split()) if ch.isprintable())
+
+
+def folder_manifest(folder: Path) -> dict[str, list]:
+    """``{relative path: [size, sha256]}`` of every file under ``folder`` (what a stage wrote), {} if it is absent."""
+    if not folder.is_dir():
+        return {}
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        out[str(path.relative_to(folder))] = [path.stat().st_size, digest.hexdigest()]
+    return out
+
+
+def manifest_changes(folder: Path, recorded: dict[str, list]) -> list[str]:
+    """What differs between ``folder`` now and the manifest recorded when it was written, in words ([] if nothing).
+
+    Sizes are compared first, so a missing or resized file costs no hashing.
+    """
+    if not folder.is_dir():
+        return [f"{folder} is missing"]
+    changes = []
+    for rel, (size, _sha) in recorded.items():
+        path = folder / rel
+        if not path.is_file():
+            changes.append(f"{path} is missing")
+        elif path.stat().st_size != size:
+            changes.append(f"{path} changed since it was written")
+    if changes:
+        return changes
+    now = folder_manifest(folder)
+    return [f"{folder / rel} changed since it was written" for rel, entry in recorded.items() if now.get(rel) != entry]

@@ -20,6 +20,7 @@ from lgcd_core.stages import Stage
 from lgcd_pipeline.versions import code_version
 
 GPU_POOL = "gpu"
+MANIFEST = "output_files"  # metadata entry: {file: [size, sha256]} of the stage folder as the stage wrote it
 
 
 def gpu_pool_applies() -> bool:
@@ -70,11 +71,14 @@ def stage_asset(
             metadata={"dataset": cfg.name, "stage": stage.name, "config": dg.MetadataValue.json(cfg.stage_config(stage.name))},
         )
         def _asset(context) -> dg.MaterializeResult:
-            from lgcd_core.io import recover
+            from lgcd_core.io import folder_manifest, recover
 
             out_dir: Path = stage.path(cfg)
             recover(out_dir.parent)  # the stage folders a killed run left swapped out or half-written
-            return fn(context, cfg, out_dir)
+            result = fn(context, cfg, out_dir)
+            # what the stage wrote, so `lgcd status` / `lgcd sync` can tell a deleted or edited output (staleness.py)
+            manifest = dg.MetadataValue.json(folder_manifest(out_dir))
+            return result._replace(metadata={**(result.metadata or {}), MANIFEST: manifest})
 
         return _asset
 
