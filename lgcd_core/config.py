@@ -123,7 +123,7 @@ class SourceConfig(_Section):
     """
 
     format: Literal["amazon", "llmcdsr", "synthetic"]  # raw Amazon dumps, LLMCDSR's processed folders, or generated
-    path: str  # the raw data folder (for 'synthetic': where the generated files go)
+    path: str  # the raw data folder (for 'synthetic': where the generated files go, relative to the data root)
     path_env: str | None = None  # an environment variable that, when set, replaces path
     amazon_version: Literal[2014, 2018, 2023] | None = None  # the Amazon dump's layout ('amazon' only)
     files: dict[Literal["A", "B"], AmazonFiles] | None = None  # the files of each domain ('amazon' only)
@@ -717,10 +717,16 @@ class DatasetConfig(_Section):
     # ---- paths -----------------------------------------------------------------------------
 
     def source_dir(self) -> Path:
-        """The raw data folder (environment override applied), not checked for existence."""
+        """The raw data folder (environment override applied), not checked for existence.
+
+        A relative path is relative to the repository root, except for the ``synthetic`` source, whose
+        generated files are outputs like any other: relative to the data root (``LGCD_DATA_ROOT``).
+        """
         raw = os.environ.get(self.source.path_env, "") if self.source.path_env else ""
         path = Path(raw or self.source.path).expanduser()
-        return path if path.is_absolute() else REPO_ROOT / path
+        if path.is_absolute():
+            return path
+        return (output_root() if self.source.format == "synthetic" else REPO_ROOT) / path
 
     def stage_dir(self, stage: str, *parts: str, root: Path | None = None) -> Path:
         """Where a stage writes its files: ``<data root>/<name>/<stage>[/<parts>...]``.

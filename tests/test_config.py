@@ -203,3 +203,11 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
                     "pretrain:\n  lr: 0.001\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match=r"twice\.yaml: not valid YAML at line 6.*duplicate key 'lr'"):
         load_dataset_config(path)
+
+
+def test_the_synthetic_source_writes_under_the_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LGCD_DATA_ROOT", str(tmp_path / "root"))
+    cfg = load_dataset_config(write_dataset_yaml(tmp_path, "syn", TINY_YAML))
+    assert cfg.source_dir() == tmp_path / "root" / "raw" / "tiny"
+    llmcdsr = {**TINY_YAML, "source": {"format": "llmcdsr", "path": "raw/x"}}
+    assert not load_dataset_config(write_dataset_yaml(tmp_path, "fk", llmcdsr)).source_dir().is_relative_to(tmp_path)

@@ -64,9 +64,9 @@ def test_top_k_excludes_what_the_user_has_and_breaks_ties_by_item_idx() -> None:
     ids, _ = rec.top_k([[1]], "A", 5)
     assert ids.shape == (1, 2)
     # through item ids, as a service calls it
-    assert rec.recommend(["i1", "i6", "unknown"], "B", 2) == [("i4", "title 4", 3.0), ("i8", "title 8", 3.0)]
+    assert rec.recommend(["i1", "i6", "unknown"], "B", 2, unknown="ignore") == [("i4", "title 4", 3.0), ("i8", "title 8", 3.0)]
     with pytest.raises(KeyError, match="unknown"):
-        rec.recommend(["i1", "unknown"], "B", 2, unknown="raise")
+        rec.recommend(["i1", "unknown"], "B", 2)  # refused by default
 
 
 def test_ordered_top_k_is_a_stable_sort() -> None:
@@ -276,14 +276,15 @@ def test_export_round_trip_in_a_fresh_process(served, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["format"] == "lgcd-export/1" and config["dataset"] == "tiny"
-    assert {"lgcd.safetensors", "encoder_A.safetensors", "encoder_B.safetensors", "items.parquet"} <= set(config["files"])
+    sums = {line.split("  ")[1] for line in (out / "SHA256SUMS").read_text().splitlines()}
+    assert {"lgcd.safetensors", "encoder_A.safetensors", "encoder_B.safetensors", "items.parquet", "config.json"} <= sums
     assert pq.read_table(out / "items.parquet").column_names == ["item_idx", "item_id", "domain", "title", "vector"]
 
     history = ["i3", "i7", "i12", "i55"]  # three Grocery items and a Kitchen item the user has
     script = (
         "import json, sys\n"
         "from lgcd_core.serving.exported import load\n"
-        f"rec = load({str(out)!r}, verify=True)\n"
+        f"rec = load({str(out)!r})\n"
         f"print(json.dumps(rec.recommend({history!r}, 'B', 5)))\n"
         "print(json.dumps(sorted(m for m in ('dagster', 'lgcd_pipeline') if m in sys.modules)))\n"
     )
@@ -307,6 +308,18 @@ def test_export_round_trip_in_a_fresh_process(served, tmp_path: Path) -> None:
     proc = _cli(served, "export", "--dataset", "tiny", "--out", str(tmp_path / "mine"))
     assert proc.returncode == 2 and "not an earlier `lgcd export` folder" in proc.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # an edited export is refused on load (checksums over every file, config.json included); verify=False skips it
+    from lgcd_core.io import DataError
+    from lgcd_core.serving.exported import load
+
+    meta = json.loads((out / "lgcd.json").read_text())
+    meta["lgcd"]["diffusion"]["lambda_B"] = 0.9
+    (out / "lgcd.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"lgcd\.json: changed since the export"):
+        load(out)
+    load(out, verify=False)
+    with pytest.raises(KeyError, match="NOPE"):
+        load(out, verify=False).recommend(["NOPE"], "B", 3)
 
 
 def test_readme_documents_the_stage_and_its_commands() -> None:

@@ -2,7 +2,8 @@
 
 Layout (``<out>/``)::
 
-    config.json            format, dataset, domains, serving settings, the dataset YAML (as JSON), file checksums
+    config.json            format, dataset, domains, serving settings, the dataset YAML (as JSON)
+    SHA256SUMS             the SHA-256 of every other file, config.json included (checked by load)
     items.parquet          item_idx, item_id, domain, title, vector: the item's scoring vector in its domain
     embeddings.npy         the frozen item text vectors the sequence encoders read (row = item_idx)
     lgcd.safetensors       the default LGCD model (lgcd_model stage) and its lgcd.json
@@ -36,6 +37,7 @@ from lgcd_core.stages import ITEM_TEXT_EMBEDDINGS, LGCD_MODEL, PRETRAINED_ENCODE
 
 FORMAT = "lgcd-export/1"
 CONFIG = "config.json"
+CHECKSUMS = "SHA256SUMS"
 ITEMS = "items.parquet"
 EMBEDDINGS = "embeddings.npy"
 MODEL_FILES = (str(LGCD_MODEL.weights), str(LGCD_MODEL.meta))
@@ -101,26 +103,54 @@ def export(cfg, out: Path, device: str = "cpu") -> dict:
             "n_items": {d: int((rec.domains == d).sum()) for d in DOMAINS},
             "vector_dim": int(rec.item_vectors["A"].shape[1]),
             "dataset_config": cfg.model_dump(mode="json"),
-            "files": {name: _sha256(tmp / name) for name in sorted((*MODEL_FILES, *ENCODER_FILES, EMBEDDINGS, ITEMS))},
         }
         write_json(config, tmp / CONFIG)
+        sums = {name: _sha256(tmp / name) for name in sorted((*MODEL_FILES, *ENCODER_FILES, EMBEDDINGS, ITEMS, CONFIG))}
+        (tmp / CHECKSUMS).write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
     return config
 
 
-def load(folder: str | Path, device: str = "cpu", verify: bool = False, **settings) -> Recommender:
+def verify_export(folder: Path) -> dict:
+    """Check every file against SHA256SUMS and config.json's settings like a dataset YAML; returns config.json.
+
+    DataError naming the file that changed, is missing or holds settings the schema refuses.
+    """
+    from pydantic import ValidationError
+
+    from lgcd_core.config import DatasetConfig, RecommendationsConfig
+
+    sums_path = folder / CHECKSUMS
+    if not sums_path.is_file():
+        raise DataError(f"{folder}: {CHECKSUMS} is missing (an export from an older version? export again, or "
+                        "load(..., verify=False) to skip the checks)")
+    expected = dict(reversed(line.split("  ", 1)) for line in sums_path.read_text().splitlines() if line.strip())
+    for name in (*MODEL_FILES, *ENCODER_FILES, EMBEDDINGS, ITEMS, CONFIG):
+        path = folder / name
+        if name not in expected or not path.is_file():
+            raise DataError(f"{path}: missing from the export or from its {CHECKSUMS}")
+        if _sha256(path) != expected[name]:
+            raise DataError(f"{path}: changed since the export (SHA-256 differs from {CHECKSUMS}); export again")
+    config = json.loads((folder / CONFIG).read_text())
+    try:
+        DatasetConfig.model_validate(config["dataset_config"])
+        RecommendationsConfig.model_validate(config["recommendations"])
+    except (KeyError, ValidationError) as exc:
+        raise DataError(f"{folder / CONFIG}: settings the schema refuses: {exc}") from None
+    return config
+
+
+def load(folder: str | Path, device: str = "cpu", verify: bool = True, **settings) -> Recommender:
     """The :class:`Recommender` of an exported folder; ``.recommend(history_item_ids, target_domain, k)``.
 
-    ``settings`` override the exported ``faiss_above`` / ``batch_size``; ``verify`` checks every
-    file's SHA-256 against config.json first.
+    ``settings`` override the exported ``faiss_above`` / ``batch_size``. By default every file is
+    checked against SHA256SUMS (config.json included) and config.json's settings are validated like a
+    dataset YAML (:func:`verify_export`); ``verify=False`` skips both checks (and so serves whatever the
+    folder now holds).
     """
     folder = Path(folder)
     if not _is_export(folder):
         raise DataError(f"{folder}: not an `lgcd export` folder ({CONFIG} with format {FORMAT!r} missing)")
-    config = json.loads((folder / CONFIG).read_text())
-    if verify:
-        bad = [name for name, digest in config["files"].items() if _sha256(folder / name) != digest]
-        if bad:
-            raise DataError(f"{folder}: {', '.join(bad)} changed since the export (checksum mismatch)")
+    config = verify_export(folder) if verify else json.loads((folder / CONFIG).read_text())
     table = read_parquet(folder / ITEMS)
     items = table.drop_columns(["vector"])
     vectors = table.column("vector").combine_chunks()

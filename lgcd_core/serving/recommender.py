@@ -128,12 +128,13 @@ class Recommender:
         return [idx for i in item_ids for idx in self._by_id.get(i, [])]
 
     def recommend(self, history_item_ids: Sequence[str], target_domain: str, k: int = 10,
-                  unknown: Literal["ignore", "raise"] = "ignore") -> list[tuple[str, str, float]]:
+                  unknown: Literal["ignore", "raise"] = "raise") -> list[tuple[str, str, float]]:
         """[(item_id, title, score)] of the ``k`` best ``target_domain`` items for one history of item ids.
 
         The history's source-domain items (the other domain) condition the model; its target-domain
         items are never recommended (with ``read_target_history`` they also add the user's own
-        target-domain vector, see ``LGCDModel.user_vectors``). Ids not in the item table are skipped (``unknown="raise"``: KeyError).
+        target-domain vector, see ``LGCDModel.user_vectors``). An id not in the item table is a KeyError naming
+        it (``unknown="ignore"`` skips such ids instead).
         """
         if target_domain not in DOMAINS:
             raise ValueError(f"target_domain must be one of {DOMAINS}, got {target_domain!r}")
