@@ -112,10 +112,15 @@ def write_parquet(table: pa.Table, path: Path) -> None:
         pq.write_table(table, tmp)
 
 
-def read_parquet(path: Path) -> pa.Table:
+def read_parquet(path: Path, columns: list[str] | None = None, filters=None) -> pa.Table:
+    """A Parquet file as a table; DataError naming the file when it is truncated or not Parquet."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing; materialize the stage that writes it first")
-    return pq.read_table(path)
+    try:
+        return pq.read_table(path, columns=columns, filters=filters)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(exc).split())[:200]}); "
+                        "re-materialize the stage that writes it") from None
 
 
 def write_json(obj: object, path: Path) -> None:

@@ -115,7 +115,7 @@ def status(dataset: str | None) -> int:
 def summary(dataset: str) -> int:
     """The report's preamble and its primary table (first split, sampled negatives, inter_domain)."""
     from lgcd_core.config import dataset_path, load_dataset_config
-    from lgcd_core.io import recover
+    from lgcd_core.io import DataError, recover
     from lgcd_core.stages import EVALUATION
 
     cfg = load_dataset_config(dataset_path(dataset))
@@ -125,7 +125,10 @@ def summary(dataset: str) -> int:
     if not report.exists():
         print(f"(no results yet: {report} is missing; materialize {cfg.name}/evaluation)")
         return 1
-    sections = report.read_text().split("\n## ")
+    try:
+        sections = report.read_text().split("\n## ")
+    except UnicodeDecodeError:
+        raise DataError(f"{report}: not UTF-8 text; re-materialize {cfg.name}/evaluation") from None
     print(sections[0].rstrip())
     if len(sections) > 1:
         print("\n## " + sections[1].rstrip())
@@ -143,11 +146,10 @@ def recommend(dataset: str, user: str, k: int | None, as_json: bool) -> int:
     import json
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from lgcd_core.config import ConfigError, dataset_path, load_dataset_config
     from lgcd_core.data.contracts import check_items, item_domains
-    from lgcd_core.io import DataError, recover
+    from lgcd_core.io import DataError, read_parquet, recover
     from lgcd_core.stages import RECOMMENDATIONS, SEQUENCES
 
     if k is not None and k < 1:
@@ -157,18 +159,18 @@ def recommend(dataset: str, user: str, k: int | None, as_json: bool) -> int:
     recover(path.parent.parent)
     if not path.exists():
         raise DataError(f"{path} is missing; materialize {cfg.name}/recommendations first (lgcd sync --dataset {cfg.name})")
-    rows = pq.read_table(path, filters=[("user_id", "=", user)]).sort_by("rank").to_pylist()
+    rows = read_parquet(path, filters=[("user_id", "=", user)]).sort_by("rank").to_pylist()
     if not rows:
         raise DataError(f"no user {user!r} in {cfg.name}'s recommendations ({path}); only single-domain training users "
                         "and held-out users have recommendations")
     first = rows[0]
-    items = pq.read_table(SEQUENCES.items.path(cfg), columns=["item_idx", "item_id", "domain", "title"])
+    items = read_parquet(SEQUENCES.items.path(cfg), columns=["item_idx", "item_id", "domain", "title"])
     check_items(pa.Table.from_pylist(rows), "item_idx", item_domains(items), path, domain_column="target_domain")
     if first["case_id"] is None:
-        table = pq.read_table(SEQUENCES.sequences.path(cfg), filters=[("user_idx", "=", first["user_idx"])])
+        table = read_parquet(SEQUENCES.sequences.path(cfg), filters=[("user_idx", "=", first["user_idx"])])
         history = table.column("items")[0].as_py()
     else:
-        table = pq.read_table(SEQUENCES.eval_cases.path(cfg), filters=[("case_id", "=", first["case_id"])])
+        table = read_parquet(SEQUENCES.eval_cases.path(cfg), filters=[("case_id", "=", first["case_id"])])
         history = table.column("history")[0].as_py()
     names = {"A": cfg.domains.A, "B": cfg.domains.B}
     target = first["target_domain"]
@@ -230,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p_export = sub.add_parser("export", help="write the default LGCD model as a folder a service loads without Dagster")
     p_export.add_argument("--dataset", required=True)
     p_export.add_argument("--out", required=True, help="the folder to write (replaced if it is an earlier export)")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     args = parser.parse_args(argv)
     from lgcd_core.config import ConfigError
     from lgcd_core.io import DataError
@@ -245,8 +248,36 @@ def main(argv: list[str] | None = None) -> int:
             return export(args.dataset, args.out)
         return summary(args.dataset)
     except (ConfigError, DataError, FileNotFoundError) as exc:
-        print("lgcd: " + " ".join(line.strip() for line in str(exc).splitlines()), file=sys.stderr)
+        print("lgcd: " + _one_line(str(exc)), file=sys.stderr)
         return 2
+    except Exception as exc:  # a file problem (full disk, read-only folder, bad bytes, truncated weights) or a bug
+        if args.debug:
+            raise
+        print(f"lgcd: {_explain(exc)} (lgcd --debug {args.command} ... shows the traceback)", file=sys.stderr)
+        return 2 if isinstance(exc, OSError | UnicodeError) else 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _explain(exc: Exception) -> str:
+    """One line saying what went wrong, with the file where the error names one, and what to do."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = f"{exc.filename}: " if exc.filename else ""
+        fix = {errno.ENOSPC: "the disk is full; free space or set LGCD_DATA_ROOT to another disk",
+               errno.EROFS: "the folder is read-only; choose a writable one",
+               errno.EACCES: "permission denied; choose a folder you can write to",
+               errno.ENOENT: "no such file or folder"}.get(exc.errno, exc.strerror or "")
+        return f"{where}{fix}"
+    if isinstance(exc, UnicodeError):
+        return f"text that is not valid UTF-8 ({_one_line(str(exc))}); check the file or argument it came from"
+    message = _one_line(str(exc))
+    if "No space left" in message or "enforce fail at inline_container" in message:
+        return f"writing a file failed, most likely a full disk ({message[:200]}); free space and run again"
+    return f"{type(exc).__name__}: {message[:500]}"
 
 
 if __name__ == "__main__":

@@ -94,6 +94,14 @@ def _nothing(workspace: Path) -> None:
     """The workspace as is."""
 
 
+def _garbage(relative: str, content: bytes) -> Setup:
+    def setup(workspace: Path) -> None:
+        path = workspace / "data" / "tiny" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return setup
+
+
 # PyYAML quotes the offending line in its errors: here that line holds a secret
 BROKEN_YAML = f"source:\n  format: synthetic\n  api_key: {SECRET}: oops\n"
 HTTP_LLM = {"backend": "http", "http": {"base_url": "http://localhost:8000/v1", "model": "m", "api_key_env": SECRET}}
@@ -119,6 +127,11 @@ CLI_CASES = [
     pytest.param(_nothing, ["summary", "--dataset", "../datasets/tiny"], "'../datasets/tiny'",
                  id="dataset-path-traversal-summary"),
     pytest.param(_no_dagster_home, ["status"], "DAGSTER_HOME", id="missing-dagster-home-status"),
+    pytest.param(_garbage("evaluation/report.md", b"results \xff\xfe\x80"), ["summary", "--dataset", "tiny"],
+                 "report.md: not UTF-8 text", id="non-utf8-report-summary"),
+    pytest.param(_garbage("recommendations/recommendations.parquet", b"PAR1 truncated"),
+                 ["recommend", "--dataset", "tiny", "--user", "u1"], "recommendations.parquet: not a readable Parquet",
+                 id="truncated-parquet-recommend"),
 ]
 
 
@@ -291,3 +304,14 @@ def test_leftovers_of_live_processes_are_kept(tmp_path: Path) -> None:
     live.write_bytes(NEW)
     recover(tmp_path)
     assert live.exists()
+
+
+def test_debug_shows_the_traceback_and_without_it_one_line(workspace: Path) -> None:
+    report = workspace / "data" / "tiny" / "evaluation" / "report.md"
+    report.unlink()
+    report.mkdir()  # a folder where a file is expected: an OSError no stage anticipates
+    quiet = _lgcd(workspace, "summary", "--dataset", "tiny")
+    assert quiet.returncode == 2 and len(quiet.stderr.splitlines()) == 1, quiet.stderr
+    assert quiet.stderr.startswith(f"lgcd: {report}: ") and "--debug" in quiet.stderr
+    loud = _lgcd(workspace, "--debug", "summary", "--dataset", "tiny")
+    assert loud.returncode == 1 and "Traceback (most recent call last)" in loud.stderr
