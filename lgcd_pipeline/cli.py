@@ -113,7 +113,8 @@ def status(dataset: str | None) -> int:
 
 
 def summary(dataset: str) -> int:
-    """The report's preamble and its primary table (first split, sampled negatives, inter_domain)."""
+    """The report's preamble and its headline table: the split the UI shows too (test when the data has it,
+    else valid), sampled negatives, inter_domain, with LGCD's paired comparisons."""
     from lgcd_core.config import dataset_path, load_dataset_config
     from lgcd_core.io import DataError, recover
     from lgcd_core.stages import EVALUATION
@@ -130,8 +131,11 @@ def summary(dataset: str) -> int:
     except UnicodeDecodeError:
         raise DataError(f"{report}: not UTF-8 text; re-materialize {cfg.name}/evaluation") from None
     print(sections[0].rstrip())
-    if len(sections) > 1:
-        print("\n## " + sections[1].rstrip())
+    splits = [s.split(" · ")[0] for s in sections[1:]]
+    split = "test" if "test" in splits else "valid"
+    headline = [s for s in sections[1:] if s.startswith(f"{split} · sampled999 · inter_domain")]
+    if headline:
+        print("\n## " + headline[0].rstrip())
     print(f"\nFull report (every split, protocol and setting): {report}")
     return 0
 

@@ -36,6 +36,11 @@ def test_report_states_protocol_beside_every_table_and_mean_std():
     assert "Food HR@10" in text
 
 
-def test_bar_chart_is_written(tmp_path):
-    path = plot_metrics(_metrics(), tmp_path / "m.png", "valid", SUMMARY["domains"])
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_bar_chart_is_written_at_a_size_that_fits_the_ui(tmp_path):
+    import struct
+
+    path = plot_metrics(_metrics(), tmp_path / "m.png", "valid", SUMMARY["domains"], 99)
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", head[16:24])
+    assert width <= 1200 and height <= 800

@@ -135,8 +135,12 @@ def render_report(metrics: pa.Table, cfg_summary: dict, paper_rows: dict[str, di
     return "\n".join(lines)
 
 
-def plot_metrics(metrics: pa.Table, path: Path, split: str, domain_names: dict[str, str], k: int = 10) -> Path:
-    """Bar chart of HR@k and NDCG@k (sampled protocol) per model and domain, one panel per setting."""
+def plot_metrics(metrics: pa.Table, path: Path, split: str, domain_names: dict[str, str], n_negatives: int,
+                 k: int = 10) -> Path:
+    """Bar chart of HR@k and NDCG@k (sampled protocol) per model and domain, one panel per setting.
+
+    A fixed size (1,100 x 770 px) whatever the number of models, so it fits the UI's dialog.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +149,7 @@ def plot_metrics(metrics: pa.Table, path: Path, split: str, domain_names: dict[s
     grouped = _grouped(metrics)
     models = list(dict.fromkeys(metrics.column("model").to_pylist()))
     domains = sorted(set(metrics.column("target_domain").to_pylist()))
-    fig, axes = plt.subplots(2, 2, figsize=(max(8, 1.3 * len(models) * 2), 7), squeeze=False)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.7), squeeze=False)
     width = 0.8 / max(1, len(domains))
     for col, setting in enumerate(SETTINGS):
         for row, metric in enumerate(("HR", "NDCG")):
@@ -156,11 +160,11 @@ def plot_metrics(metrics: pa.Table, path: Path, split: str, domain_names: dict[s
                 errs = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
                 xs = [i + (j - (len(domains) - 1) / 2) * width for i in range(len(models))]
                 ax.bar(xs, means, width, yerr=errs, capsize=2, label=domain_names.get(domain, domain))
-            ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
-            ax.set_title(f"{metric}@{k} · {setting} · {split} (999 sampled)", fontsize=9)
+            ax.set_xticks(range(len(models)), models, rotation=40, ha="right", fontsize=7)
+            ax.set_title(f"{metric}@{k} · {setting} · {split} ({n_negatives} sampled negatives)", fontsize=9)
             ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path

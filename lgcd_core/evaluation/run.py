@@ -133,6 +133,26 @@ def cfg_summary(cfg: DatasetConfig, items: pa.Table) -> dict:
     }
 
 
+def headline_split(candidates: dict) -> str:
+    """The split every summary shows first (UI, `lgcd summary`, README): test when the data has it, else valid."""
+    return "test" if "test" in candidates else "valid"
+
+
+def headline_caption(split: str, n_negatives: int) -> str:
+    """What the headline table is, in one line: split, protocol, negatives and setting."""
+    return (f"{split} split · {n_negatives} sampled negatives per case · inter_domain (source-domain history only) · "
+            "mean ± std over seeds")
+
+
+def headline_metrics(metrics: pa.Table, split: str, names: dict[str, str]) -> dict[str, float]:
+    """LGCD's HR@10 and NDCG@10 per target domain on the headline table (mean over seeds), as plain numbers."""
+    out = {}
+    for r in metrics.to_pylist():
+        if (r["model"], r["split"], r["protocol"], r["setting"], r["k"]) == ("lgcd", split, "sampled999", "inter_domain", 10):
+            out.setdefault(f"lgcd {names[r['target_domain']]} {r['metric']}@10", []).append(r["value"])
+    return {k: float(np.mean(v)) for k, v in sorted(out.items())}
+
+
 def write_outputs(cfg: DatasetConfig, items: pa.Table, metrics: pa.Table, comparisons: pa.Table,
                   candidates: dict[str, pa.Table], out_dir: Path) -> dict:
     """metrics.parquet, comparisons.parquet, report.md, metrics.png; returns the stats for metadata."""
@@ -143,13 +163,15 @@ def write_outputs(cfg: DatasetConfig, items: pa.Table, metrics: pa.Table, compar
     report_path = out_dir / EVALUATION.report
     with atomic_path(report_path) as tmp:
         tmp.write_text(render_report(metrics, summary, paper, comparisons))
-    split = "test" if "test" in candidates else "valid"
-    png = plot_metrics(metrics, out_dir / EVALUATION.chart, split, summary["domains"])
+    split = headline_split(candidates)
+    png = plot_metrics(metrics, out_dir / EVALUATION.chart, split, summary["domains"], cfg.evaluation.n_negatives)
     return {
         "n_cases": {s: t.num_rows for s, t in candidates.items()},
         "models": sorted(set(metrics.column("model").to_pylist())),
         "seeds": summary["seeds"],
-        "markdown": metrics_table(metrics, split, "sampled999", "inter_domain", summary["domains"], paper, ks=[5, 10])
+        "headline": headline_metrics(metrics, split, summary["domains"]),
+        "markdown": f"**{headline_caption(split, cfg.evaluation.n_negatives)}**\n\n"
+        + metrics_table(metrics, split, "sampled999", "inter_domain", summary["domains"], paper, ks=[5, 10])
         + "\n\n" + comparisons_markdown(comparisons, split, "inter_domain", "sampled999", "NDCG", 10, summary["domains"]),
         "png": str(png),
         "report": str(report_path),

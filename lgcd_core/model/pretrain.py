@@ -26,11 +26,11 @@ import torch.nn.functional as F
 
 from lgcd_core.config import DatasetConfig, PretrainConfig
 from lgcd_core.device import resolve_device
-from lgcd_core.io import atomic_path, write_json
+from lgcd_core.io import write_json
 from lgcd_core.model.batches import DOMAINS, Inputs, ItemIndex, pad_left, pretrain_rows, trim_left
 from lgcd_core.model.encoders import DomainEncoder, EncoderSpec, save_encoder
 from lgcd_core.model.processes import AcceleratorProcesses, data_parallel_accelerator, process_device, process_seed, shard
-from lgcd_core.model.training import Budget, GeneratorState, Log, fingerprint_of, finite, fit, full_ranking
+from lgcd_core.model.training import Budget, GeneratorState, Log, fingerprint_of, finite, fit, full_ranking, plot_curves
 from lgcd_core.stages import PRETRAINED_ENCODERS
 
 if TYPE_CHECKING:
@@ -138,27 +138,6 @@ def train_domain_encoder(pcfg: PretrainConfig, index: ItemIndex, domain: str, in
     return encoder, {"domain": domain, "n_train_rows": int(len(rows_x)), "n_valid_cases": int(len(v_tgt)), **record}
 
 
-def _plot(records: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for dom, record in records.items():
-        epochs = [e["epoch"] for e in record["epochs"]]
-        axes[0].plot(epochs, [e["loss"] for e in record["epochs"]], marker="o", label=f"domain {dom}")
-        axes[1].plot(epochs, [e["valid"]["NDCG@10"] for e in record["epochs"]], marker="o", label=f"domain {dom}")
-    axes[0].set(xlabel="epoch", ylabel="train CE (eq. 3)", title="pretraining loss")
-    axes[1].set(xlabel="epoch", ylabel="valid NDCG@10 (full ranking)", title="valid")
-    for ax in axes:
-        ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
 def pretrain_encoders(cfg: DatasetConfig, inputs: Inputs, out_dir: Path, device: str, log: Log = print) -> dict:
     """Pretrain both domains' encoders; write encoder_{A,B}.safetensors/.json, history.json, loss_curve.png.
 
@@ -178,7 +157,8 @@ def pretrain_encoders(cfg: DatasetConfig, inputs: Inputs, out_dir: Path, device:
                                             "pretrain": cfg.pretrain.model_dump(mode="json")})
     if accelerator.is_main_process:
         write_json(records, out_dir / PRETRAINED_ENCODERS.history)
-        _plot(records, out_dir / PRETRAINED_ENCODERS.loss_curve)
+        plot_curves({f"domain {d}": r for d, r in records.items()}, out_dir / PRETRAINED_ENCODERS.loss_curve,
+                    "train CE (eq. 3)", "pretraining loss")
     return {dom: {"epochs": len(r["epochs"]), "best_epoch": r["best_epoch"], "best_valid": r["best_valid"],
                   "loss_curve": [e["loss"] for e in r["epochs"]],
                   "valid_ndcg10": [e["valid"]["NDCG@10"] for e in r["epochs"]],

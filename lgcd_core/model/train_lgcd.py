@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,10 +38,11 @@ from lgcd_core.model.lgcd import LGCDModel
 from lgcd_core.model.processes import AcceleratorProcesses, data_parallel_accelerator, mean_of, process_seed
 from lgcd_core.model.runs import all_lgcd_runs, lgcd_run_dir
 from lgcd_core.model.sampler import CyclicBatchSampler
-from lgcd_core.model.training import Budget, GeneratorState, Log, fingerprint_of, finite, fit, full_ranking
+from lgcd_core.model.training import Budget, GeneratorState, Log, fingerprint_of, finite, fit, full_ranking, plot_curves
 from lgcd_core.stages import LGCD_MODEL
 
 DIRECTIONS = ("AB", "BA")
+LOSS_CURVE = "loss_curve.png"  # every run's loss and valid NDCG@10 per epoch, at the top of the stage folder
 LOSS_TERMS = ("rec", "diff", "guess", "align")
 Cases = dict[str, tuple[list[np.ndarray], np.ndarray]]
 
@@ -81,11 +83,15 @@ def _scored(model: LGCDModel, target: str, hist: list[np.ndarray], tgt: np.ndarr
 def train_lgcd_runs(cfg: DatasetConfig, inputs: Inputs, encoders_dir: Path, out_dir: Path, device: str,
                     log: Log = print) -> dict:
     """Every LGCD run of the YAML (default model, seeds, variants) into its folder under ``out_dir``."""
-    stats = {}
+    stats, records = {}, {}
     for name, seed, lc in all_lgcd_runs(cfg):
         log(f"training {name} (seed {seed})")
-        stats[f"{name}/seed{seed}"] = train_lgcd(lc, inputs, encoders_dir, lgcd_run_dir(cfg, out_dir, name, seed),
-                                                 device, log)
+        run = lgcd_run_dir(cfg, out_dir, name, seed)
+        stats[f"{name}/seed{seed}"] = train_lgcd(lc, inputs, encoders_dir, run, device, log)
+        if (run / LGCD_MODEL.history).exists():
+            records[f"{name} seed {seed}"] = json.loads((run / LGCD_MODEL.history).read_text())
+    if records:
+        plot_curves(records, out_dir / LOSS_CURVE, "training loss (eq. 26-27)", "LGCD training loss")
     return stats
 
 

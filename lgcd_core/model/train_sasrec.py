@@ -35,13 +35,15 @@ from lgcd_core.evaluation.settings import filter_histories, item_domains
 from lgcd_core.model.batches import Inputs, item_counts, pad_left, trim_left
 from lgcd_core.model.runs import run_dir
 from lgcd_core.model.sasrec_baseline import GROUPS, Mode, SASRec, SASRecScorer, save_sasrec
-from lgcd_core.model.training import Budget, GeneratorState, Log, fingerprint_of, finite, fit
+from lgcd_core.model.training import Budget, GeneratorState, Log, fingerprint_of, finite, fit, plot_curves
+
+LOSS_CURVE = "loss_curve.png"  # every baseline's loss and valid NDCG@10 per epoch, at the top of the stage folder
 
 
 def train_baselines(cfg: DatasetConfig, inputs: Inputs, valid_candidates: pa.Table | None, out_dir: Path,
                     device: str, log: Log = print) -> dict:
     """Every listed SASRec baseline for every seed of ``evaluation.seeds``, into ``out_dir/<name>_seed<k>/``."""
-    stats = {}
+    stats, records = {}, {}
     for seed in cfg.evaluation.seeds:
         for name in cfg.evaluation.sasrec_baselines:
             log(f"training {name} (seed {seed})")
@@ -51,6 +53,9 @@ def train_baselines(cfg: DatasetConfig, inputs: Inputs, valid_candidates: pa.Tab
             stats[f"{name}/seed{seed}"] = {g: {"epochs": len(r["epochs"]), "best_epoch": r["best_epoch"],
                                                "best_valid_ndcg10": r["best_valid"]["NDCG@10"]}
                                            for g, r in record.items()}
+            records.update({f"{name}[{g}] seed {seed}": r for g, r in record.items()})
+    if records:
+        plot_curves(records, out_dir / LOSS_CURVE, "training loss", "SASRec baselines")
     return stats
 
 

@@ -283,3 +283,28 @@ def _load_failure(exc: Exception) -> str:
     """The first sentence of a ``torch.load`` failure that says what is wrong (not torch's advice to load it unsafely)."""
     sentences = (" ".join(s.split()).rstrip(".") for s in re.split(r"(?<=\.)\s+|\n|WeightsUnpickler error:", str(exc)))
     return next((s[:200] for s in sentences if s and not _TORCH_ADVICE.search(s)), type(exc).__name__)
+
+
+def plot_curves(records: dict[str, dict], path: Path, loss_label: str, title: str) -> Path:
+    """Training loss and valid NDCG@10 per epoch of each labelled run record (``fit``'s return), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, record in records.items():
+        epochs = record["epochs"]
+        axes[0].plot([e["epoch"] for e in epochs], [e["loss"] for e in epochs], marker=".", label=label)
+        valid = [e for e in epochs if e.get("valid")]
+        axes[1].plot([e["epoch"] for e in valid], [e["valid"][SELECT] for e in valid], marker=".", label=label)
+    axes[0].set(xlabel="epoch", ylabel=loss_label, title=title)
+    axes[1].set(xlabel="epoch", ylabel="valid NDCG@10 (what early stopping reads)", title="valid")
+    if len(records) <= 12:
+        for ax in axes:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path

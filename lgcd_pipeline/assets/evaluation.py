@@ -15,8 +15,8 @@ from lgcd_pipeline.stage import sequence_inputs, stage_asset
 def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
     @stage_asset(
         cfg, EVALUATION, kinds={"pytorch", "parquet"}, gpu=True,
-        description="HR and NDCG at 1, 5, 10 for LGCD and every baseline and variant on 999 stored negatives per "
-        "case (ties against the model) and on full ranking, in the inter_domain and mixed_history settings. "
+        description=f"HR and NDCG at 1, 5, 10 for LGCD and every baseline and variant on {cfg.evaluation.n_negatives} "
+        "stored negatives per case (ties against the model) and on full ranking, in the inter_domain and mixed_history settings. "
         "Scores the trained models of lgcd_model and baselines; trains nothing.",
     )
     def evaluation(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
@@ -33,9 +33,11 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         metadata = table_metadata(metrics, out_dir / EVALUATION.metrics)
         metadata["report"] = dg.MetadataValue.path(str(out_dir / EVALUATION.report))
         metadata["results"] = dg.MetadataValue.md(stats["markdown"])
+        for name, value in stats["headline"].items():  # numbers, so Dagster's plots chart them across runs
+            metadata[name] = dg.MetadataValue.float(value)
         metadata["chart"] = image_metadata(out_dir / EVALUATION.chart, "metrics")
         # the stats' paths point into the temporary folder the stage wrote before publishing it
-        metadata.update(stats_metadata({k: v for k, v in stats.items() if k not in {"markdown", "png", "report", "metrics"}}))
+        metadata.update(stats_metadata({k: v for k, v in stats.items() if k not in {"markdown", "png", "report", "metrics", "headline"}}))
         return dg.MaterializeResult(metadata=metadata)
 
     return [evaluation]

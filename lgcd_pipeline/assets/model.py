@@ -83,7 +83,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.model.batches import Inputs
         from lgcd_core.model.launch import train
         from lgcd_core.model.runs import all_lgcd_runs, lgcd_run_dir
-        from lgcd_core.model.train_lgcd import train_lgcd_runs
+        from lgcd_core.model.train_lgcd import LOSS_CURVE, train_lgcd_runs
 
         pseudo = read_parquet(PSEUDO_OVERLAP_SEQUENCES.table.path(cfg))
         inputs = Inputs(*sequence_inputs(cfg), pseudo_overlap=pseudo)
@@ -93,7 +93,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         stats = train(train_lgcd_runs, cfg, inputs, work,
                       resolve_device(cfg.device), context.log.info, encoders_dir=PRETRAINED_ENCODERS.path(cfg))
         _publish(work, out_dir, [lgcd_run_dir(cfg, work, name, seed) for name, seed, _ in all_lgcd_runs(cfg)])
-        return _result({"runs": sorted(stats), **stats})
+        return _result({"runs": sorted(stats), **stats}, out_dir / LOSS_CURVE, "LGCD loss and valid NDCG@10")
 
     @stage_asset(
         cfg, BASELINES, kinds={"pytorch", "safetensors"}, gpu=True,
@@ -108,7 +108,7 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         from lgcd_core.io import read_parquet, write_parquet
         from lgcd_core.model.batches import Inputs
         from lgcd_core.model.runs import run_dir
-        from lgcd_core.model.train_sasrec import train_baselines
+        from lgcd_core.model.train_sasrec import LOSS_CURVE, train_baselines
 
         inputs = Inputs(*(read_parquet(f.path(cfg)) for f in (SEQUENCES.items, SEQUENCES.sequences, SEQUENCES.eval_cases)))
         ev = cfg.evaluation
@@ -118,6 +118,6 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         write_parquet(valid, work / BASELINES.candidates.format(split="valid"))
         stats = train_baselines(cfg, inputs, valid, work, resolve_device(cfg.device), log=context.log.info)
         _publish(work, out_dir, [run_dir(work, name, seed) for seed in ev.seeds for name in ev.sasrec_baselines])
-        return dg.MaterializeResult(metadata=stats_metadata({"runs": sorted(stats), **stats}))
+        return _result({"runs": sorted(stats), **stats}, out_dir / LOSS_CURVE, "baselines' loss and valid NDCG@10")
 
     return [pretrained_encoders, lgcd_model, baselines]
