@@ -202,8 +202,9 @@ def _progress_line(name: str, record: dict, budget: Budget, progress: Progress) 
     line += f" | best epoch {progress.best_epoch} | {seconds:.1f} s/epoch"
     if progress.done:
         return line + " | done"
-    left = min(budget.max_epochs - progress.epoch, (budget.patience - progress.stale_evals) * budget.eval_every)
-    return line + f" | at most {_duration(left * seconds)} left"
+    most = (budget.max_epochs - progress.epoch) * seconds
+    stops = min(budget.max_epochs - progress.epoch, (budget.patience - progress.stale_evals) * budget.eval_every) * seconds
+    return line + f" | {_duration(stops)} left unless valid improves, at most {_duration(most)}"
 
 
 def _duration(seconds: float) -> str:
