@@ -6,6 +6,7 @@
     lgcd summary --dataset NAME              stage figures and the results table of the last run
     lgcd recommend --dataset NAME --user ID [-k N] [--json]
                                              a user's history and their stored recommendations
+    lgcd users --dataset NAME [--limit N]    user ids that have recommendations, by type
     lgcd export --dataset NAME --out DIR     the default LGCD model as a folder a service loads without Dagster
                                              (lgcd_core.serving.exported.load)
 
@@ -163,10 +164,10 @@ def recommend(dataset: str, user: str, k: int | None, as_json: bool) -> int:
     recover(path.parent.parent)
     if not path.exists():
         raise DataError(f"{path} is missing; materialize {cfg.name}/recommendations first (lgcd sync --dataset {cfg.name})")
-    rows = read_parquet(path, filters=[("user_id", "=", user)]).sort_by("rank").to_pylist()
+    rows = read_parquet(path, filters=[("user_id", "=", user)]).sort_by([("target_domain", "ascending"), ("rank", "ascending")]).to_pylist()
     if not rows:
-        raise DataError(f"no user {user!r} in {cfg.name}'s recommendations ({path}); only single-domain training users "
-                        "and held-out users have recommendations")
+        raise DataError(f"no user {user!r} in {cfg.name}'s recommendations ({path}); "
+                        f"`lgcd users --dataset {cfg.name}` lists the user ids by type")
     first = rows[0]
     items = read_parquet(SEQUENCES.items.path(cfg), columns=["item_idx", "item_id", "domain", "title"])
     check_items(pa.Table.from_pylist(rows), "item_idx", item_domains(items), path, domain_column="target_domain")
@@ -177,31 +178,69 @@ def recommend(dataset: str, user: str, k: int | None, as_json: bool) -> int:
         table = read_parquet(SEQUENCES.eval_cases.path(cfg), filters=[("case_id", "=", first["case_id"])])
         history = table.column("history")[0].as_py()
     names = {"A": cfg.domains.A, "B": cfg.domains.B}
-    target = first["target_domain"]
-    shown = rows[:k] if k else rows
+    targets = sorted({r["target_domain"] for r in rows})
+    by_target = {t: [r for r in rows if r["target_domain"] == t] for t in targets}
+    reads_target = cfg.recommendations.read_target_history
     held = first["case_id"] is not None
     if as_json:
         print(json.dumps({"kind": "user", "dataset": cfg.name, "user_id": user, "user_type": first["user_type"],
-                          "case_id": first["case_id"], "target_domain": target, "stored_k": len(rows)}))
+                          "case_id": first["case_id"], "target_domains": targets,
+                          "stored_k": len(by_target[targets[0]])}))
         for position, item in enumerate(_titles(items, history), 1):
             print(json.dumps({"kind": "history", "position": position, **item}))
-        for row in shown:
-            print(json.dumps({"kind": "recommendation", "rank": row["rank"], "item_id": row["item_id"],
-                              "title": row["title"], "score": row["score"], "domain": target}))
+        for target in targets:
+            for row in by_target[target][:k] if k else by_target[target]:
+                print(json.dumps({"kind": "recommendation", "rank": row["rank"], "item_id": row["item_id"],
+                                  "title": row["title"], "score": row["score"], "domain": target}))
         return 0
     kind = f"held-out user, {table.column('split')[0].as_py()} case {first['case_id']}" if held else first["user_type"]
     print(f"{cfg.name}: user {user} ({kind}), {len(history)} items in their history")
+    titles = _titles(items, history)
     for domain in ("A", "B"):
-        titles = [t for t in _titles(items, history) if t["domain"] == domain]
-        role = "source" if domain != target else "target: never recommended again"
-        print(f"\n  {names[domain]} ({domain}, {role}): " + (f"{len(titles)} items, oldest first" if titles else "none"))
-        for t in titles:
+        mine = [t for t in titles if t["domain"] == domain]
+        print(f"\n  {names[domain]} ({domain}): " + (f"{len(mine)} items, oldest first" if mine else "none"))
+        for t in mine:
             print(f"    {t['title']}  [{t['item_id']}]")
-    note = f" (only {len(rows)} stored: recommendations.k)" if k and k > len(rows) else ""
-    print(f"\n  top {len(shown)} {names[target]} ({target}) items{note}, scored from the {names['B' if target == 'A' else 'A']} "
-          "items only:")
-    for row in shown:
-        print(f"    {row['rank']:3d}. {row['score']:8.4f}  {row['title']}  [{row['item_id']}]")
+    for target in targets:
+        source = "B" if target == "A" else "A"
+        shown = by_target[target][:k] if k else by_target[target]
+        has_target = any(t["domain"] == target for t in titles)
+        read = (f"scored from the {names[source]} items and the user's own {names[target]} items"
+                if reads_target and has_target else f"scored from the {names[source]} items")
+        note = f" (only {len(by_target[target])} stored: recommendations.k)" if k and k > len(by_target[target]) else ""
+        print(f"\n  top {len(shown)} {names[target]} ({target}) items{note}, {read}; "
+              f"the user's own {names[target]} items are never recommended:")
+        for row in shown:
+            print(f"    {row['rank']:3d}. {row['score']:8.4f}  {row['title']}  [{row['item_id']}]")
+    return 0
+
+
+def users(dataset: str, limit: int) -> int:
+    """User ids that have recommendations, by type, with how many there are of each."""
+    import pyarrow.compute as pc
+
+    from lgcd_core.config import dataset_path, load_dataset_config
+    from lgcd_core.io import DataError, read_parquet, recover
+    from lgcd_core.stages import RECOMMENDATIONS
+
+    cfg = load_dataset_config(dataset_path(dataset))
+    path = RECOMMENDATIONS.table.path(cfg)
+    recover(path.parent.parent)
+    if not path.exists():
+        raise DataError(f"{path} is missing; materialize {cfg.name}/recommendations first (lgcd sync --dataset {cfg.name})")
+    table = read_parquet(path, columns=["user_id", "user_type", "target_domain"])
+    names = {"A": cfg.domains.A, "B": cfg.domains.B}
+    described = {"A-only": f"{names['A']}-only users, recommended {names['B']} items",
+                 "B-only": f"{names['B']}-only users, recommended {names['A']} items",
+                 "overlap": "overlap users (training data), recommended items of both domains",
+                 "held_out": "held-out users (valid/test cases), recommended their case's target domain"}
+    for kind, text in described.items():
+        ids = pc.unique(table.filter(pc.equal(table["user_type"], kind))["user_id"]).to_pylist()
+        if not ids:
+            continue
+        print(f"{kind}: {len(ids)} {text}")
+        print("  " + " ".join(ids[:limit]) + (f" ... ({len(ids) - limit} more)" if len(ids) > limit else ""))
+    print(f"\nlgcd recommend --dataset {cfg.name} --user ID shows one user's history and list")
     return 0
 
 
@@ -233,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p_rec.add_argument("--user", required=True, help="the user_id (single-domain training user or held-out user)")
     p_rec.add_argument("-k", type=int, help="show this many items (default: every stored one, recommendations.k)")
     p_rec.add_argument("--json", action="store_true", help="one JSON object per line: user, history items, recommendations")
+    p_users = sub.add_parser("users", help="user ids that have recommendations, by type")
+    p_users.add_argument("--dataset", required=True)
+    p_users.add_argument("--limit", type=int, default=10, help="ids shown per type (default 10)")
     p_export = sub.add_parser("export", help="write the default LGCD model as a folder a service loads without Dagster")
     p_export.add_argument("--dataset", required=True)
     p_export.add_argument("--out", required=True, help="the folder to write (replaced if it is an earlier export)")
@@ -250,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             return recommend(args.dataset, args.user, args.k, args.json)
         if args.command == "export":
             return export(args.dataset, args.out)
+        if args.command == "users":
+            return users(args.dataset, args.limit)
         return summary(args.dataset)
     except (ConfigError, DataError, FileNotFoundError) as exc:
         print("lgcd: " + _one_line(str(exc)), file=sys.stderr)

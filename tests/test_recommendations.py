@@ -155,35 +155,41 @@ def served(tmp_path_factory):
                "table": pq.read_table(stage / "recommendations" / "recommendations.parquet")}
 
 
-def test_the_stage_recommends_k_new_target_items_to_every_single_domain_and_held_out_user(served) -> None:
+def test_the_stage_recommends_k_new_target_items_to_every_user(served) -> None:
     result, table, data = served["result"], served["table"], served["data"]
     assert result.success
     (event,) = result.get_asset_materialization_events()
     meta = {k: v.value for k, v in event.materialization.metadata.items()}
     single = data["sequences"].filter(pa.compute.is_in(data["sequences"]["user_type"], pa.array(["A-only", "B-only"])))
-    n_users = single.num_rows + data["eval_cases"].num_rows
-    assert meta["users"] == n_users and meta["users_per_s"] > 0 and meta["k"] == 8
+    overlap = data["sequences"].filter(pa.compute.equal(data["sequences"]["user_type"], "overlap"))
+    n_users = single.num_rows + overlap.num_rows + data["eval_cases"].num_rows
+    n_lists = n_users + overlap.num_rows  # an overlap user gets a list in each domain
+    assert meta["users"] == n_lists and meta["users_per_s"] > 0 and meta["k"] == 8
+    assert meta["users_by_type"]["overlap"] == 2 * overlap.num_rows
     assert meta["per_domain"]["B"]["search"] == "faiss" and meta["per_domain"]["A"]["search"] == "exact"
     assert meta["sample"].count("\n") == 11 and "| user |" in meta["sample"]  # header, rule, ten users
     assert all(check.passed for check in result.get_asset_check_evaluations())
     assert len(result.get_asset_check_evaluations()) == 3
 
     rows = table.to_pylist()
-    assert table.num_rows == 8 * n_users and len({r["user_id"] for r in rows}) == n_users
+    assert table.num_rows == 8 * n_lists and len({r["user_id"] for r in rows}) == n_users
     domains = item_domains(data["items"])
     by_user = {}
     for r in rows:
-        by_user.setdefault(r["user_id"], []).append(r)
+        by_user.setdefault((r["user_id"], r["target_domain"]), []).append(r)
     types = dict(zip(single.column("user_id").to_pylist(), single.column("user_type").to_pylist()))
+    overlap_seqs = dict(zip(overlap.column("user_id").to_pylist(), overlap.column("items").to_pylist()))
     n_train = data["sequences"].num_rows
     cases = {f"u{n_train + c['case_id']}": c for c in data["eval_cases"].to_pylist()}
-    for user, recs in by_user.items():
+    for (user, _), recs in by_user.items():
         assert [r["rank"] for r in recs] == list(range(1, 9))
         assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
         target = recs[0]["target_domain"]
         assert all(domains[r["item_idx"]] == target for r in recs)
         if user in types:  # single-domain: the other domain
             assert recs[0]["case_id"] is None and target != types[user][0]
+        elif user in overlap_seqs:  # overlap: both domains, none of the items they have
+            assert recs[0]["user_type"] == "overlap" and not {r["item_idx"] for r in recs} & set(overlap_seqs[user])
         else:  # held-out: its case's target domain, none of its items
             case = cases[user]
             assert recs[0]["case_id"] == case["case_id"] and target == case["target_domain"]
@@ -241,29 +247,47 @@ def test_lgcd_recommend_prints_history_and_recommendations(served) -> None:
     proc = _cli(served, "recommend", "--dataset", "tiny", "--user", user, "-k", "3")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert f"user {user} (A-only)" in out and "Grocery (A, source)" in out and "Kitchen (B, target" in out
+    assert f"user {user} (A-only)" in out and "Grocery (A):" in out and "Kitchen (B): none" in out
+    assert "Kitchen (B) items, scored from the Grocery items;" in out
     assert all(r["title"] in out for r in recs[:3]) and recs[3]["title"] + "  [" not in out
     assert f"{recs[0]['score']:8.4f}" in out
 
     proc = _cli(served, "recommend", "--dataset", "tiny", "--user", user, "--json")
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert lines[0]["kind"] == "user" and lines[0]["target_domain"] == "B"
+    assert lines[0]["kind"] == "user" and lines[0]["target_domains"] == ["B"]
     assert [x["item_id"] for x in lines if x["kind"] == "recommendation"] == [r["item_id"] for r in recs]
     assert all(x["domain"] == "A" for x in lines if x["kind"] == "history")
 
-    held = table.filter(pa.compute.equal(table["user_type"], "held_out"))["user_id"][0].as_py()
-    proc = _cli(served, "recommend", "--dataset", "tiny", "--user", held)
+    held_rows = table.filter(pa.compute.equal(table["user_type"], "held_out")).to_pylist()
+    cases = {c["case_id"]: c for c in served["data"]["eval_cases"].to_pylist()}
+    domains = item_domains(served["data"]["items"])
+    both = next(r for r in held_rows if any(domains[i] == r["target_domain"] for i in cases[r["case_id"]]["history"]))
+    proc = _cli(served, "recommend", "--dataset", "tiny", "--user", both["user_id"])
+    names = {"A": "Grocery", "B": "Kitchen"}
+    own = names[both["target_domain"]]
     assert proc.returncode == 0 and "held-out user" in proc.stdout
+    assert f"and the user's own {own} items;" in proc.stdout  # it says what it read (read_target_history)
+
+    ov = table.filter(pa.compute.equal(table["user_type"], "overlap"))["user_id"][0].as_py()
+    proc = _cli(served, "recommend", "--dataset", "tiny", "--user", ov, "-k", "2")
+    assert proc.returncode == 0 and "top 2 Grocery (A) items" in proc.stdout and "top 2 Kitchen (B) items" in proc.stdout
+
+    proc = _cli(served, "users", "--dataset", "tiny", "--limit", "3")
+    assert proc.returncode == 0, proc.stderr
+    for kind in ("A-only", "B-only", "overlap", "held_out"):
+        assert any(line.startswith(f"{kind}: ") for line in proc.stdout.splitlines())
+    assert ov in proc.stdout or "more)" in proc.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (("--dataset", "tiny", "--user", "nobody"), "lgcd: no user 'nobody' in tiny's recommendations"),
+    (("--dataset", "tiny", "--user", "nobody"), "`lgcd users --dataset tiny` lists the user ids"),
     (("--dataset", "nope", "--user", "u1"), "lgcd: no dataset 'nope'"),
 ])
 def test_lgcd_recommend_refuses_an_unknown_user_or_dataset_in_one_line(served, args, message) -> None:
     proc = _cli(served, "recommend", *args)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("lgcd: ") and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
 
 # ---- lgcd export, loaded in a fresh process --------------------------------------------------------

@@ -3,6 +3,9 @@
 Who gets recommendations, and from what:
 - every single-domain user of the training data (``user_type`` A-only / B-only): the OTHER domain,
   from their whole (source-domain) sequence;
+- every overlap user of the training data (``user_type`` overlap): both domains, each from their whole
+  sequence: the other domain's items condition the model, and with ``recommendations.read_target_history``
+  the target domain's own items are read too;
 - every held-out user (one evaluation case each): the case's target domain, from the case's whole
   history. LGCD reads its source-domain items and, with ``recommendations.read_target_history``, its
   target-domain items too (``LGCDModel.user_vectors``), as the evaluation's ``mixed_history`` setting
@@ -37,7 +40,7 @@ HELD_OUT = "held_out"
 SCHEMA = pa.schema([
     ("user_id", pa.string()),
     ("user_idx", pa.int32()),
-    ("user_type", pa.string()),         # 'A-only', 'B-only' (training users) or 'held_out' (an evaluation case)
+    ("user_type", pa.string()),         # 'A-only', 'B-only', 'overlap' (training users) or 'held_out' (an evaluation case)
     ("case_id", pa.int32()),            # the evaluation case of a held-out user; null for training users
     ("target_domain", pa.string()),
     ("rank", pa.int32()),               # 1 = best
@@ -79,11 +82,14 @@ def user_ids_by_idx(interaction_user_ids: pa.ChunkedArray | pa.Array, sequences:
 
 
 def serving_users(items: pa.Table, sequences: pa.Table, eval_cases: pa.Table, user_ids: np.ndarray) -> Users:
-    """Single-domain training users (towards the other domain), then held-out cases (towards their target)."""
+    """Single-domain training users (towards the other domain), overlap users (towards each domain), then
+    held-out cases (towards their target)."""
     domains = item_domains(items)
     single = sequences.filter(pc.is_in(sequences["user_type"], pa.array(["A-only", "B-only"])))
     types = np.asarray(single.column("user_type").to_pylist(), dtype=object)
     seqs = single.column("items").to_pylist()
+    overlap = sequences.filter(pc.equal(sequences["user_type"], "overlap"))
+    both = [(row, target) for row in overlap.select(["user_id", "user_idx", "items"]).to_pylist() for target in DOMAINS]
     case_targets = np.asarray(eval_cases.column("target_domain").to_pylist(), dtype=object)
     case_users = eval_cases.column("user_idx").to_numpy().astype(np.int64)
     if len(case_users) and case_users.max() >= len(user_ids):
@@ -91,13 +97,17 @@ def serving_users(items: pa.Table, sequences: pa.Table, eval_cases: pa.Table, us
     full = eval_cases.column("history").to_pylist()  # both domains: the model reads what its settings allow
     return Users(
         user_id=np.concatenate([single.column("user_id").to_numpy(zero_copy_only=False).astype(object),
-                                user_ids[case_users]]),
-        user_idx=np.concatenate([single.column("user_idx").to_numpy(), case_users]).astype(np.int64),
-        user_type=np.concatenate([types, np.full(len(case_users), HELD_OUT, dtype=object)]),
-        case_id=np.concatenate([np.full(len(types), -1), eval_cases.column("case_id").to_numpy()]).astype(np.int64),
-        target_domain=np.concatenate([np.asarray([other(t[0]) for t in types], dtype=object), case_targets]),
-        history=seqs + full,
+                                np.asarray([r["user_id"] for r, _ in both], dtype=object), user_ids[case_users]]),
+        user_idx=np.concatenate([single.column("user_idx").to_numpy(), [r["user_idx"] for r, _ in both],
+                                 case_users]).astype(np.int64),
+        user_type=np.concatenate([types, np.full(len(both), "overlap", dtype=object),
+                                  np.full(len(case_users), HELD_OUT, dtype=object)]),
+        case_id=np.concatenate([np.full(len(types) + len(both), -1), eval_cases.column("case_id").to_numpy()]).astype(np.int64),
+        target_domain=np.concatenate([np.asarray([other(t[0]) for t in types], dtype=object),
+                                      np.asarray([t for _, t in both], dtype=object), case_targets]),
+        history=seqs + [r["items"] for r, _ in both] + full,
         exclude=[[i for i in h if domains[i] == other(t[0])] for h, t in zip(seqs, types)]
+        + [[i for i in r["items"] if domains[i] == t] for r, t in both]
         + [[i for i in h if domains[i] == t] for h, t in zip(full, case_targets)],
     )
 
@@ -219,7 +229,7 @@ def run_recommendations(cfg, items: pa.Table, sequences: pa.Table, eval_cases: p
     table = recommendations_table(users, ids, scores, items)
     write_parquet(table, out_path)
     names = {"A": cfg.domains.A, "B": cfg.domains.B}
-    counts = {t: int((users.user_type == t).sum()) for t in ("A-only", "B-only", HELD_OUT)}
+    counts = {t: int((users.user_type == t).sum()) for t in ("A-only", "B-only", "overlap", HELD_OUT)}
     return {**stats, "k": rc.k, "users_by_type": counts, "device": recommender.device,
             "checks": check_recommendations(users, ids, scores, items),
             "sample": sample_markdown(users, ids, scores, items, names, rc.sample_users, rc.sample_seed),
