@@ -230,6 +230,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="lgcd.SECTION.FIELD=VALUE",
                         help="change the YAML's lgcd section for every row (repeatable)")
     parser.add_argument("--score-only", action="store_true", help="train nothing; score the rows already trained")
+    parser.add_argument("--pseudo", default=None, metavar="SOURCE:CAP",
+                        help="give every row these pseudo users (e.g. collaborative:all, the full model of issue 23 "
+                        "point 7); rows are then trained under DIR/ablations/<row>@<SOURCE:CAP>")
     parser.add_argument("--out", default=None, help="results file name under bench/results (default ablations_<dataset>.md)")
     args = parser.parse_args()
     os.environ.update({"LGCD_DATASETS_DIR": str(args.workspace / "datasets"), "LGCD_DATA_ROOT": str(args.workspace / "data"),
@@ -254,6 +257,11 @@ def main() -> None:
         raise SystemExit(f"unknown rows {unknown}; choose from {list(ROWS)}")
     if args.reference not in rows:
         rows.insert(0, args.reference)
+    if args.pseudo:  # the same rows, each with these pseudo users (a row of its own name)
+        for name in rows:
+            ROWS[f"{name}@{args.pseudo}"] = Row(f"{ROWS[name].what}, + pseudo users {args.pseudo}", ROWS[name].updates, args.pseudo)
+        rows = [f"{name}@{args.pseudo}" for name in rows]
+        args.reference = f"{args.reference}@{args.pseudo}"
     seeds = [int(s) for s in args.seeds.split(",")]
     device = resolve_device(cfg.device)
     inputs = Inputs(*sequence_inputs(cfg))
