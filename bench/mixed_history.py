@@ -13,7 +13,7 @@ evaluation stage's candidates, three ways, per seed:
 
 The table gives HR@5 / HR@10 / NDCG@5 / NDCG@10 per target domain (mean ± std over seeds), the paired
 NDCG@10 difference of ``lgcd`` to the two others (95% bootstrap interval over cases, pooled over the
-seeds), and the public SASRec's valid figures of DESIGN.md measured with the same protocol. Only valid
+seeds), and the public SASRec's valid figures of docs/models.md measured with the same protocol. Only valid
 is read. Output: ``bench/results/mixed_history_<dataset>.md``.
 """
 
@@ -30,11 +30,11 @@ import pyarrow as pa
 from bench.ablations import _metric
 from bench.common import mean_std, publish
 
-# DESIGN.md, "How strong the baselines must be": the public SASRec on Food-Kitchen valid, mixed_history,
+# docs/models.md, "How strong the baselines must be": the public SASRec on Food-Kitchen valid, mixed_history,
 # HR@5 / HR@10 / NDCG@5 / NDCG@10 (one seed).
 PUBLIC_SASREC = {
-    "public SASRec, mixed (DESIGN.md)": {"A": (.350, .504, .227, .277), "B": (.260, .350, .178, .207)},
-    "public SASRec, single-domain (DESIGN.md)": {"A": (.372, .493, .254, .294), "B": (.245, .330, .161, .188)},
+    "public SASRec, mixed (docs/models.md)": {"A": (.350, .504, .227, .277), "B": (.260, .350, .178, .207)},
+    "public SASRec, single-domain (docs/models.md)": {"A": (.372, .493, .254, .294), "B": (.245, .330, .161, .188)},
 }
 COLUMNS = [("HR", 5), ("HR", 10), ("NDCG", 5), ("NDCG", 10)]
 

@@ -122,7 +122,8 @@ class SourceConfig(_Section):
     environment variable that is set, its value replaces ``path``.
     """
 
-    format: Literal["amazon", "llmcdsr", "synthetic"]  # raw Amazon dumps, LLMCDSR's processed folders, or generated
+    format: Literal["amazon", "llmcdsr", "interactions", "synthetic"]  # raw Amazon dumps, LLMCDSR's processed folders,
+    # a plain interactions + items file (CSV or Parquet, lgcd_core/data/interactions.py), or generated
     path: str  # the raw data folder (for 'synthetic': where the generated files go, relative to the data root)
     path_env: str | None = None  # an environment variable that, when set, replaces path
     amazon_version: Literal[2014, 2018, 2023] | None = None  # the Amazon dump's layout ('amazon' only)

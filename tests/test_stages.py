@@ -28,7 +28,7 @@ def test_stages_are_unique_in_graph_order_and_apart_from_the_cache() -> None:
 
 
 def test_public_file_names_are_those_of_the_design() -> None:
-    """DESIGN.md's data contracts name these files; users' scripts read them."""
+    """docs/data_contracts.md names these files; users' scripts read them."""
     public = {
         stages.SEQUENCES.items: "sequences/items.parquet",
         stages.SEQUENCES.sequences: "sequences/sequences.parquet",

@@ -1,6 +1,6 @@
 """Read a dataset's source into the canonical ``raw_interactions`` / ``raw_items`` tables.
 
-Dispatches on ``cfg.source.format`` (amazon, llmcdsr, synthetic). Reading statistics (duplicates
+Dispatches on ``cfg.source.format`` (amazon, llmcdsr, interactions, synthetic). Reading statistics (duplicates
 removed, interactions dropped for missing metadata, missing LLMCDSR files, items without a title)
 travel with the table as JSON in its schema metadata (key ``lgcd_stats``, kept when the table is
 written to Parquet); read them with :func:`table_stats`.
@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from lgcd_core.config import DatasetConfig, SyntheticSpec
 from lgcd_core.data import amazon, llmcdsr, synthetic
+from lgcd_core.data import interactions as plain_files
 from lgcd_core.io import DataError, printable
 from lgcd_core.stages import RAW_INTERACTIONS, RAW_ITEMS
 
@@ -90,6 +91,8 @@ def read_interactions(cfg: DatasetConfig) -> pa.Table:
     source = cfg.source
     if source.format == "llmcdsr":
         table, stats = llmcdsr.read_interactions(source_folder(cfg))
+    elif source.format == "interactions":
+        table, stats = plain_files.read_interactions(source_folder(cfg), cfg.domains.model_dump())
     elif source.format == "synthetic":
         table, stats = amazon.read_interactions(_synthetic_folder(cfg), 2018, synthetic.FILES, source.missing_metadata)
     else:
@@ -108,6 +111,8 @@ def read_items(cfg: DatasetConfig, interactions: pa.Table) -> pa.Table:
     names = cfg.domains.model_dump()
     if source.format == "llmcdsr":
         table, stats = llmcdsr.read_items(source_folder(cfg), names)
+    elif source.format == "interactions":
+        table, stats = plain_files.read_items(source_folder(cfg), names)
     elif source.format == "synthetic":
         table, stats = amazon.read_items(_synthetic_folder(cfg), 2018, synthetic.FILES, interactions, names)
     else:
@@ -141,5 +146,6 @@ def _source_hint(cfg: DatasetConfig, domain: str) -> str:
     return {
         "llmcdsr": f"num.txt, item_set_{domain}.pkl and the train files must hold domain-{domain} items",
         "amazon": f"check the files of source.files.{domain}",
+        "interactions": f"the interactions and items files need rows of domain {domain}",
         "synthetic": "check source.synthetic",
     }[cfg.source.format]
