@@ -257,7 +257,8 @@ def export(dataset: str, out: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `lgcd` command line (what the README's commands are checked against)."""
     parser = argparse.ArgumentParser(prog="lgcd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_sync = sub.add_parser("sync", help="materialize stale or missing assets and everything downstream of them")
@@ -279,7 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("--dataset", required=True)
     p_export.add_argument("--out", required=True, help="the folder to write (replaced if it is an earlier export)")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from lgcd_core.config import ConfigError
     from lgcd_core.io import DataError
 
