@@ -133,7 +133,13 @@ def train_row(cfg, inputs, name: str, row: Row, seed: int, overrides: dict, work
 
 
 def score_rows(cfg, inputs, runs: dict[str, dict[int, Path]], device: str) -> pa.Table:
-    """Per-case ranks of every trained run on valid, inter_domain, on the evaluation stage's candidates."""
+    """Per-case ranks of every trained run on valid, inter_domain, on the evaluation stage's candidates.
+
+    A run trained with ``ablations.oracle_x0`` is scored as the oracle: the condition still reads the
+    source-domain history only, and h_rev := the case's true x0 (eq. 7: the text encoding of the case's
+    target-domain items before the target; ``interpretation.target_history_weight: 0``, so nothing else
+    reads them). Its ranks carry the setting ``inter_domain`` so they pair with every other row's.
+    """
     from lgcd_core.evaluation.candidates import draw_candidates
     from lgcd_core.evaluation.evaluate import score_all
     from lgcd_core.evaluation.run import source_only
@@ -146,12 +152,23 @@ def score_rows(cfg, inputs, runs: dict[str, dict[int, Path]], device: str) -> pa
     domains = item_domains(inputs.items)
     ranks = []
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
+    args = (PRETRAINED_ENCODERS.path(cfg), inputs.embeddings, inputs.items, device)
     for seed in seeds:
-        scorers = {name: source_only(load_lgcd_scorer(by_seed[seed], PRETRAINED_ENCODERS.path(cfg), inputs.embeddings,
-                                                       inputs.items, device), domains)
-                   for name, by_seed in runs.items() if seed in by_seed}
-        ranks.append(score_all(scorers, inputs.eval_cases, candidates, inputs.items, ks=ev.ks, seed=seed,
-                               settings=("inter_domain",), batch_size=ev.batch_size).ranks)
+        present = {name: by_seed[seed] for name, by_seed in runs.items() if seed in by_seed}
+        oracle = {name for name, path in present.items()
+                  if json.loads((path / "lgcd.json").read_text())["lgcd"]["ablations"].get("oracle_x0")}
+        scorers = {name: source_only(load_lgcd_scorer(path, *args), domains) for name, path in present.items()
+                   if name not in oracle}
+        if scorers:
+            ranks.append(score_all(scorers, inputs.eval_cases, candidates, inputs.items, ks=ev.ks, seed=seed,
+                                   settings=("inter_domain",), batch_size=ev.batch_size).ranks)
+        for name in sorted(oracle):
+            scorer = load_lgcd_scorer(present[name], *args, read_target_history=True,
+                                      updates={"interpretation.target_history_weight": 0.0})
+            scored = score_all({name: scorer}, inputs.eval_cases, candidates, inputs.items, ks=ev.ks, seed=seed,
+                               settings=("mixed_history",), batch_size=ev.batch_size).ranks
+            column = scored.schema.get_field_index("setting")
+            ranks.append(scored.set_column(column, "setting", pa.array(["inter_domain"] * scored.num_rows)))
     return pa.concat_tables(ranks)
 
 

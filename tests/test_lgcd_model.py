@@ -434,3 +434,17 @@ def test_the_oracle_feeds_the_true_x0_to_the_fusion(toy, monkeypatch):
     assert torch.allclose(seen[True][has], x0[has])  # the oracle's h_rev is x0 where there is one
     assert not torch.allclose(seen[False][has], x0[has])  # the generator's is not
     assert torch.allclose(seen[True][~has], seen[False][~has])  # elsewhere the generator's, the same draws
+
+
+def test_the_oracle_scores_with_the_true_x0_of_a_target_history(toy):
+    """At inference the oracle's h_rev is x0 of the history's target items (eq. 7), the generator's elsewhere."""
+    data, index = toy
+    model = _model(index, data, {"ablations.oracle_x0": True}).eval()
+    src = torch.tensor([[0, 1, 2], [3, 1, 2]])
+    tgt = torch.tensor([[0, 0, 0], [0, 4, 2]])  # the first row has no target-domain history
+    with torch.no_grad():
+        inf = model.infer("AB", src, tgt)
+        x0, has = model.x0_after("B", tgt, torch.zeros(2, dtype=torch.long))
+        plain = model.infer("AB", src)
+    assert has.tolist() == [False, True]
+    assert torch.allclose(inf.h_rev[0, 1], x0[1]) and torch.allclose(inf.h_rev[0, 0], plain.h_rev[0, 0])
