@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: python bench/llama_cpp_batchin
 from bench.common import publish  # noqa: E402
 from lgcd_core.config import LlamaCppConfig  # noqa: E402
 from lgcd_core.language.llama_cpp_backend import LlamaCppContext, model_cache_dir, reencoded_gguf  # noqa: E402
-from lgcd_core.language.llm_backends import resolve_llm  # noqa: E402
+from lgcd_core.language.llm_base import resolve_llm  # noqa: E402
 
 PROMPT = "List ten kitchen items that a coffee lover would buy, one per line."
 LONG_PROMPT = "A shopper bought, oldest first:\n" + "\n".join(

@@ -113,8 +113,7 @@ def variant_config(raw: dict, assignments: list[str]):  # -> DatasetConfig
 def measure_variant(cfg, sample: dict, device: str) -> dict:
     """One pass of the stage over the sample with a fresh cache: per-user cost, tokens, time split and signal."""
     from bench.grounding_signal import signal_figures
-    from lgcd_core.language.llm_backends import make_backend
-    from lgcd_core.language.pseudo_text import generate_pseudo_texts
+    from lgcd_core.language.pseudo_text import generate_pseudo_texts, make_backend
 
     backend = make_backend(cfg.llm.resolved(cfg.grounding.n_k), device)
     backend.tokenizer, backend.model  # noqa: B018 -- load (and quantise) outside the timing

@@ -25,7 +25,7 @@ JOB = '''
 import sys, time
 import pyarrow as pa
 from lgcd_core.config import DatasetConfig
-from lgcd_core.language.llm_backends import Answer
+from lgcd_core.language.llm_base import Answer
 
 N_USERS = 12
 
@@ -194,7 +194,7 @@ class CappedBackend:
         self.cap = cap
 
     def stream(self, prompts, batch_size):
-        from lgcd_core.language.llm_backends import Answer
+        from lgcd_core.language.llm_base import Answer
 
         long = "\n".join(f"{i}. Kitchen gadget {i}" for i in range(1, 8))
         yield [(i, Answer("1. Cast iron skillet\n2. Whisk\n3. Stand mix" if "number 1 " in p else long, self.cap))

@@ -11,8 +11,10 @@ import pytest
 from lgcd_core.config import ConfigError, GenerationConfig, LLMConfig
 from lgcd_core.language.generation_cache import cache_key
 from lgcd_core.language.llama_cpp_backend import LlamaCppBackend, choose_token, model_cache_dir, reencoded_gguf
-from lgcd_core.language.llm_backends import TransformersBackend, make_backend, resolve_llm
+from lgcd_core.language.llm_backends import TransformersBackend
+from lgcd_core.language.llm_base import resolve_llm
 from lgcd_core.language.parsing import parse_answer
+from lgcd_core.language.pseudo_text import make_backend
 
 EOS, VOCAB = 99, 100
 PIECES = {1: "Sure:\n", 2: "1. Wok", 3: "\n", 4: "2. Ladle", 5: "3. Tongs", 6: "4. Pan"}

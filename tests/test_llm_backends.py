@@ -14,7 +14,8 @@ import pytest
 
 from lgcd_core.config import ConfigError, DatasetConfig, GenerationConfig, HttpBackendConfig, LLMConfig
 from lgcd_core.language.generation_cache import GenerationCache, cache_key
-from lgcd_core.language.llm_backends import GenerationTimer, HttpBackend, TransformersBackend, complete_list_criteria, resolve_llm
+from lgcd_core.language.llm_backends import HttpBackend, TransformersBackend, complete_list_criteria
+from lgcd_core.language.llm_base import GenerationTimer, resolve_llm
 from lgcd_core.language.parsing import parse_answer
 from lgcd_core.language.pseudo_text import GenerationError, generate_pseudo_texts
 

@@ -115,7 +115,7 @@ def _special_ids(tokenizer, text: str) -> list[int]:
 def smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    from lgcd_core.language.llm_backends import resolve_llm
+    from lgcd_core.language.llm_base import resolve_llm
 
     path, gguf = resolve_llm("default", None)
     return AutoTokenizer.from_pretrained(path, gguf_file=gguf)
@@ -136,7 +136,7 @@ def test_item_text_never_becomes_a_control_token(smollm2_tokenizer, template):
     """The prompt's special tokens are exactly the chat template's, however hostile the item text."""
     import copy
 
-    from lgcd_core.language.llm_backends import chat_text
+    from lgcd_core.language.llm_base import chat_text
     from lgcd_core.language.prompts import display_text
 
     tokenizer = smollm2_tokenizer

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from lgcd_core.config import ConfigError, GenerationConfig, LlamaCppConfig, LLMConfig
-from lgcd_core.language.llm_backends import Answer, GenerationTimer, chat_text, resolve_llm, token_cap
+from lgcd_core.language.llm_base import Answer, GenerationTimer, chat_text, resolve_llm, token_cap
 from lgcd_core.language.parsing import count_complete_items
 
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from lgcd_core.config import DatasetConfig, LLMConfig
 from lgcd_core.language.generation_cache import GenerationCache, cache_key
-from lgcd_core.language.llm_backends import Answer, LLMBackend, make_backend
+from lgcd_core.language.llm_base import Answer, LLMBackend
 from lgcd_core.language.parsing import parse_answer
 from lgcd_core.language.prompts import display_text, load_template, render_prompt
 from lgcd_core.language.pseudo_sources import SINGLE_DOMAIN, SOURCE_LABELS, select_users
@@ -183,3 +183,23 @@ def run_stats(backend: LLMBackend) -> dict:
     """The backend's own figures of this run (per-endpoint counters, Ray workers), when it reports any."""
     report = getattr(backend, "run_stats", None)
     return report() if report is not None else {}
+
+
+def make_backend(llm: LLMConfig, device: str) -> LLMBackend:
+    """The backend named by ``llm.backend`` (the Ray backend places its replicas by ``llm.ray``, not ``device``)."""
+    if llm.backend == "http":
+        assert llm.http is not None  # enforced by LLMConfig
+        from lgcd_core.language.llm_backends import HttpBackend
+
+        return HttpBackend(llm.http, llm.generation, llm.n_descriptions)
+    if llm.backend == "ray":
+        from lgcd_core.language.ray_backend import RayBackend
+
+        return RayBackend(llm)
+    if llm.backend == "llama_cpp":
+        from lgcd_core.language.llama_cpp_backend import LlamaCppBackend
+
+        return LlamaCppBackend(llm)
+    from lgcd_core.language.llm_backends import TransformersBackend
+
+    return TransformersBackend(llm, device)

@@ -25,7 +25,8 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from lgcd_core.config import LLMConfig, RayConfig
-from lgcd_core.language.llm_backends import Answer, TransformersBackend
+from lgcd_core.language.llm_backends import TransformersBackend
+from lgcd_core.language.llm_base import Answer
 
 ANSWERS = pa.schema([("start", pa.int64()), ("texts", pa.list_(pa.string())), ("n_tokens", pa.list_(pa.int64()))])
 
