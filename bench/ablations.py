@@ -140,11 +140,11 @@ def score_rows(cfg, inputs, runs: dict[str, dict[int, Path]], device: str) -> pa
     target-domain items before the target; ``interpretation.target_history_weight: 0``, so nothing else
     reads them). Its ranks carry the setting ``inter_domain`` so they pair with every other row's.
     """
-    from lgcd_core.evaluation.candidates import draw_candidates
-    from lgcd_core.evaluation.evaluate import score_all
     from lgcd_core.evaluation.run import source_only
-    from lgcd_core.evaluation.settings import item_domains
     from lgcd_core.model.scoring import load_lgcd_scorer
+    from lgcd_core.protocol.candidates import draw_candidates
+    from lgcd_core.protocol.ranking import score_all
+    from lgcd_core.protocol.settings import item_domains
     from lgcd_core.stages import PRETRAINED_ENCODERS
 
     ev = cfg.evaluation
@@ -176,7 +176,7 @@ def _metric(ranks: pa.Table, model: str, domain: str, protocol: str, metric: str
     """Per-seed mean of ``metric@k`` of ``model``."""
     import torch
 
-    from lgcd_core.evaluation.metrics import hit_rate, ndcg
+    from lgcd_core.protocol.metrics import hit_rate, ndcg
 
     cols = {c: np.asarray(ranks.column(c).to_pylist()) for c in ("model", "target_domain", "protocol", "seed", "rank")}
     per_case = hit_rate if metric == "HR" else ndcg

@@ -50,11 +50,11 @@ def main() -> None:
                        "HF_HUB_OFFLINE": "1"})
     from lgcd_core.config import dataset_path, load_dataset_config
     from lgcd_core.device import resolve_device
-    from lgcd_core.evaluation.candidates import draw_candidates
     from lgcd_core.evaluation.comparisons import paired_comparisons
-    from lgcd_core.evaluation.evaluate import score_all
     from lgcd_core.model.batches import Inputs
     from lgcd_core.model.scoring import load_encoder_scorer, load_lgcd_scorer
+    from lgcd_core.protocol.candidates import draw_candidates
+    from lgcd_core.protocol.ranking import score_all
     from lgcd_core.stages import PRETRAINED_ENCODERS
     from lgcd_pipeline.stage import sequence_inputs
 

@@ -40,8 +40,8 @@ def _workspace(path: Path, dataset: str):
     """(config, Inputs, valid candidates) of a workspace (reads the environment it points at)."""
     os.environ.update({"LGCD_DATASETS_DIR": str(path / "datasets"), "LGCD_DATA_ROOT": str(path / "data")})
     from lgcd_core.config import dataset_path, load_dataset_config
-    from lgcd_core.evaluation.candidates import draw_candidates
     from lgcd_core.model.batches import Inputs
+    from lgcd_core.protocol.candidates import draw_candidates
     from lgcd_pipeline.stage import sequence_inputs
 
     cfg = load_dataset_config(dataset_path(dataset))
@@ -68,11 +68,11 @@ def _sasrec(cfg, inputs, candidates, name: str, positions: str, seed: int, work:
 def _ranks(cfg, inputs, candidates, path: Path, rows: list[str], sasrecs: list[str], seeds: list[int],
            positions: str, device: str) -> pa.Table:
     """Per-case valid ranks of every model of one workspace, model names suffixed with ``@<positions>``."""
-    from lgcd_core.evaluation.evaluate import score_all
     from lgcd_core.evaluation.run import source_only
-    from lgcd_core.evaluation.settings import item_domains
     from lgcd_core.model.sasrec_baseline import load_sasrec_scorer
     from lgcd_core.model.scoring import load_encoder_scorer, load_lgcd_scorer
+    from lgcd_core.protocol.ranking import score_all
+    from lgcd_core.protocol.settings import item_domains
     from lgcd_core.stages import PRETRAINED_ENCODERS
 
     ev, domains, encoders = cfg.evaluation, item_domains(inputs.items), PRETRAINED_ENCODERS.path(cfg)
@@ -101,7 +101,7 @@ def _metric(ranks: pa.Table, model: str, domain: str, setting: str, protocol: st
     """Per-seed NDCG@10 of ``model``."""
     import torch
 
-    from lgcd_core.evaluation.metrics import ndcg
+    from lgcd_core.protocol.metrics import ndcg
 
     out = []
     sel = ranks.filter(pc.and_(pc.and_(pc.equal(ranks["model"], model), pc.equal(ranks["target_domain"], domain)),

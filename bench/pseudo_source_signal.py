@@ -96,7 +96,7 @@ def rank_metrics(scores: np.ndarray) -> tuple[float, float]:
     """HR@10 and NDCG@10 of column 0 among the others, ties against the target."""
     import torch
 
-    from lgcd_core.evaluation.metrics import hit_rate, ndcg, sampled_ranks
+    from lgcd_core.protocol.metrics import hit_rate, ndcg, sampled_ranks
 
     t = torch.from_numpy(scores)
     ranks = sampled_ranks(t[:, 0], t[:, 1:])
@@ -139,7 +139,7 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from lgcd_core.config import dataset_path, load_dataset_config
-    from lgcd_core.evaluation.candidates import draw_candidates, split_cases
+    from lgcd_core.protocol.candidates import draw_candidates, split_cases
 
     cfg = load_dataset_config(dataset_path(args.dataset))
     seq_dir = cfg.stage_dir("sequences")

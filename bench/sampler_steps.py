@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="results file name under bench/results")
     args = ap.parse_args(argv)
 
-    from lgcd_core.evaluation.candidates import draw_candidates
-    from lgcd_core.evaluation.evaluate import score_all
     from lgcd_core.model.batches import ItemIndex, other, pad_left, trim_left
     from lgcd_core.model.diagnostics import diagnostic_cases, r2
     from lgcd_core.model.scoring import load_lgcd_model, load_lgcd_scorer
+    from lgcd_core.protocol.candidates import draw_candidates
+    from lgcd_core.protocol.ranking import score_all
 
     torch.manual_seed(0)
     cfg, items, cases, embeddings, model_dir, enc_dir = _load(args.dataset)

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from lgcd_core.config import BaselineSASRecConfig, PublicSASRecConfig
-from lgcd_core.evaluation.candidates import draw_candidates
-from lgcd_core.evaluation.evaluate import evaluate_scorers
-from lgcd_core.evaluation.settings import item_domains
 from lgcd_core.model.batches import Inputs
 from lgcd_core.model.sasrec_baseline import SASRec, load_sasrec_scorer
 from lgcd_core.model.scoring import popularity_scorer
 from lgcd_core.model.train_sasrec import bce_loss, draw_negatives, train_sasrec, training_rows
+from lgcd_core.protocol.candidates import draw_candidates
+from lgcd_core.protocol.ranking import evaluate_scorers
+from lgcd_core.protocol.settings import item_domains
 from lgcd_core.stages import BASELINES
 
 N_A, N_B = 12, 15

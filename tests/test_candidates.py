@@ -2,8 +2,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lgcd_core.evaluation.candidates import draw_candidates
 from lgcd_core.io import DataError
+from lgcd_core.protocol.candidates import draw_candidates
 
 
 def _items(n_a: int, n_b: int) -> pa.Table:

@@ -15,7 +15,7 @@ from lgcd_core.evaluation.comparisons import (
     resample_weights,
     verdict,
 )
-from lgcd_core.evaluation.evaluate import RANKS_SCHEMA
+from lgcd_core.protocol.ranking import RANKS_SCHEMA
 
 
 def ranks_table(ranks: dict[tuple[str, int], list[int]], target_domain: str = "B") -> pa.Table:

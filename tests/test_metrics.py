@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lgcd_core.evaluation.metrics import full_ranks, hit_rate, ndcg, sampled_ranks
+from lgcd_core.protocol.metrics import full_ranks, hit_rate, ndcg, sampled_ranks
 
 
 def test_sampled_rank_counts_ties_against_the_model():

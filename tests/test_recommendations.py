@@ -19,7 +19,7 @@ from conftest import REPO_ROOT, TINY_YAML
 from toy_data import synthetic_inputs
 
 from lgcd_core.config import load_dataset_config
-from lgcd_core.evaluation.settings import filter_histories, item_domains
+from lgcd_core.protocol.settings import filter_histories, item_domains
 from lgcd_core.serving.recommender import Recommender, lgcd_recommender
 from lgcd_core.serving.topk import ordered_top_k
 

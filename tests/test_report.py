@@ -1,7 +1,7 @@
 import pyarrow as pa
 
-from lgcd_core.evaluation.evaluate import METRICS_SCHEMA
 from lgcd_core.evaluation.report import plot_metrics, render_report
+from lgcd_core.protocol.ranking import METRICS_SCHEMA
 
 SUMMARY = {"dataset": "toy", "domains": {"A": "Food", "B": "Kitchen"}, "n_negatives": 999, "candidate_seed": 7,
            "seeds": [0, 1], "lgcd_reads_target_history": False}

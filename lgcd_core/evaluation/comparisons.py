@@ -8,7 +8,7 @@ cases with replacement. An interval that contains 0 is "no measurable difference
 of ``diff``; a claim needs at least :data:`MIN_SEEDS` seeds.
 
 The input is the per-case rank table the evaluation stage writes (``ranks.parquet``): every metric of
-:data:`~lgcd_core.evaluation.metrics.METRICS` at every K is recomputed from the ranks.
+:data:`~lgcd_core.protocol.metrics.METRICS` at every K is recomputed from the ranks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from lgcd_core.evaluation.metrics import METRICS
+from lgcd_core.protocol.metrics import METRICS
 
 MIN_SEEDS = 3
 GROUP = ("split", "setting", "protocol", "target_domain")

@@ -4,7 +4,7 @@ It trains nothing. The LGCD runs (every seed and variant) come from the ``lgcd_m
 the SASRec baselines from the ``baselines`` one (:mod:`lgcd_core.model.runs` says where each lives),
 the pretrained encoders from ``pretrained_encoders``; a checkpoint that is missing is an error naming
 it, raised before anything is scored. Model code is imported lazily and seen only through the
-:data:`~lgcd_core.evaluation.evaluate.Scorer` protocol.
+:data:`~lgcd_core.protocol.ranking.Scorer` protocol.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import torch
 
 from lgcd_core.config import DatasetConfig
 from lgcd_core.device import resolve_device
-from lgcd_core.evaluation.candidates import draw_candidates
 from lgcd_core.evaluation.comparisons import comparisons_markdown, paired_comparisons
-from lgcd_core.evaluation.evaluate import Scorer, score_all
 from lgcd_core.evaluation.report import metrics_table, plot_metrics, render_report
-from lgcd_core.evaluation.settings import item_domains
 from lgcd_core.io import DataError, atomic_path, write_parquet
 from lgcd_core.model.batches import Inputs
 from lgcd_core.model.runs import lgcd_run_dir, lgcd_runs, run_dir
+from lgcd_core.protocol.candidates import draw_candidates
+from lgcd_core.protocol.ranking import Scorer, score_all
+from lgcd_core.protocol.settings import item_domains
 from lgcd_core.stages import BASELINES, EVALUATION, LGCD_MODEL, PRETRAINED_ENCODERS
 
 Log = Callable[[str], None]

@@ -1,6 +1,6 @@
 """Scorers of the trained models and of popularity, for the evaluation stage.
 
-A :data:`~lgcd_core.evaluation.evaluate.Scorer` maps ``(histories, target_domain)`` (global item ids) to
+A :data:`~lgcd_core.protocol.ranking.Scorer` maps ``(histories, target_domain)`` (global item ids) to
 ``(n, n_items+1)`` float scores over ALL items. The LGCD and encoder scorers put ``-inf`` on column 0
 (padding) and on the items outside the target domain. Scoring is batched on tensors under
 ``torch.no_grad`` in eval mode; the only Python loop over users is the padding.
@@ -16,9 +16,9 @@ import pyarrow as pa
 import torch
 
 from lgcd_core.device import resolve_device
-from lgcd_core.evaluation.evaluate import Scorer
 from lgcd_core.model.batches import DOMAINS, ItemIndex, item_counts, pad_left, trim_left
 from lgcd_core.model.encoders import DomainEncoder, load_encoder
+from lgcd_core.protocol.ranking import Scorer
 from lgcd_core.stages import LGCD_MODEL
 
 

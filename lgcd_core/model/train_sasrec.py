@@ -28,14 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from lgcd_core.config import BaselineSASRecConfig, DatasetConfig
-from lgcd_core.evaluation.candidates import split_cases
-from lgcd_core.evaluation.evaluate import negatives_matrix, rank_cases
-from lgcd_core.evaluation.metrics import ndcg
-from lgcd_core.evaluation.settings import filter_histories, item_domains
 from lgcd_core.model.batches import Inputs, item_counts, pad_left, trim_left
 from lgcd_core.model.runs import run_dir
 from lgcd_core.model.sasrec_baseline import GROUPS, Mode, SASRec, SASRecScorer, save_sasrec
 from lgcd_core.model.training import Budget, GeneratorState, Log, fingerprint_of, finite, fit, plot_curves
+from lgcd_core.protocol.candidates import split_cases
+from lgcd_core.protocol.metrics import ndcg
+from lgcd_core.protocol.ranking import negatives_matrix, rank_cases
+from lgcd_core.protocol.settings import filter_histories, item_domains
 
 LOSS_CURVE = "loss_curve.png"  # every baseline's loss and valid NDCG@10 per epoch, at the top of the stage folder
 

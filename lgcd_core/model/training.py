@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lgcd_core.evaluation.metrics import full_ranks, hit_rate, ndcg
 from lgcd_core.io import DataError, atomic_path
+from lgcd_core.protocol.metrics import full_ranks, hit_rate, ndcg
 
 Log = Callable[[str], None]
 SELECT = "NDCG@10"

@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lgcd_core.evaluation.settings import item_domains
 from lgcd_core.io import DataError
 from lgcd_core.model.batches import DOMAINS, other
+from lgcd_core.protocol.settings import item_domains
 
 Log = Callable[[str], None]
 HELD_OUT = "held_out"

@@ -7,7 +7,7 @@ the target domain's item vectors (``LGCDModel.target_items``). :func:`lgcd_recom
 from a trained model's files, the same way for the ``recommendations`` stage and for an exported
 folder (:mod:`lgcd_core.serving.exported`).
 
-A recommender is also a :data:`~lgcd_core.evaluation.evaluate.Scorer` (``scores``), so it can be held
+A recommender is also a :data:`~lgcd_core.protocol.ranking.Scorer` (``scores``), so it can be held
 against the evaluation's scorer of the same model.
 """
 
@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from lgcd_core.evaluation.settings import item_domains
 from lgcd_core.model.batches import DOMAINS, ItemIndex, other, pad_left, trim_left
+from lgcd_core.protocol.settings import item_domains
 from lgcd_core.serving.topk import build_index, exact_top_k, exclusion_matrix, faiss_top_k
 
 # (histories as global item ids, target domain) -> (n, d) user vectors; reads the source-domain items only

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lgcd_core.evaluation.metrics import reject_nan
+from lgcd_core.protocol.metrics import reject_nan
 
 
 def exclusion_matrix(exclude: Sequence[Sequence[int]], n: int) -> torch.Tensor:

@@ -104,11 +104,11 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
     )
     def baselines(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
         from lgcd_core.device import resolve_device
-        from lgcd_core.evaluation.candidates import draw_candidates
         from lgcd_core.io import read_parquet, write_parquet
         from lgcd_core.model.batches import Inputs
         from lgcd_core.model.runs import run_dir
         from lgcd_core.model.train_sasrec import LOSS_CURVE, train_baselines
+        from lgcd_core.protocol.candidates import draw_candidates
 
         inputs = Inputs(*(read_parquet(f.path(cfg)) for f in (SEQUENCES.items, SEQUENCES.sequences, SEQUENCES.eval_cases)))
         ev = cfg.evaluation

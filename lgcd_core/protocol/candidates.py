@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lgcd_core.evaluation.settings import item_domains
 from lgcd_core.io import DataError
+from lgcd_core.protocol.settings import item_domains
 
 CANDIDATE_SCHEMA = pa.schema([("case_id", pa.int32()), ("negatives", pa.list_(pa.int32()))])
 

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from lgcd_core.evaluation.candidates import split_cases
-from lgcd_core.evaluation.metrics import METRICS, full_ranks, sampled_ranks
-from lgcd_core.evaluation.settings import SETTINGS, Setting, filter_histories, item_domains
 from lgcd_core.io import DataError
+from lgcd_core.protocol.candidates import split_cases
+from lgcd_core.protocol.metrics import METRICS, full_ranks, sampled_ranks
+from lgcd_core.protocol.settings import SETTINGS, Setting, filter_histories, item_domains
 
 Scorer = Callable[[list[list[int]], str], torch.Tensor]
 

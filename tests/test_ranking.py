@@ -5,9 +5,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from lgcd_core.evaluation.candidates import draw_candidates
-from lgcd_core.evaluation.evaluate import METRICS_SCHEMA, evaluate_scorers
-from lgcd_core.evaluation.settings import filter_histories, item_domains
+from lgcd_core.protocol.candidates import draw_candidates
+from lgcd_core.protocol.ranking import METRICS_SCHEMA, evaluate_scorers
+from lgcd_core.protocol.settings import filter_histories, item_domains
 
 N_A, N_B = 10, 20
 ITEMS = pa.table({"item_idx": pa.array(range(1, N_A + N_B + 1), pa.int32()), "domain": ["A"] * N_A + ["B"] * N_B})
