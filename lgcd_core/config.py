@@ -200,6 +200,8 @@ class TextEncoderConfig(_Section):
     batch_size: int = Field(default=128, ge=1)  # item texts encoded per batch
     max_seq_length: int = Field(default=128, ge=8)  # tokens of an item text the encoder reads
     trust_remote_code: bool = False  # e.g. jinaai/jina-embeddings-v2-base-en needs True
+    without_text: list[Literal["A", "B"]] = []  # domains whose item text is not used (besides any domain where no item
+    # has a title): nothing is embedded for them, and the ID encoder stands in for the text encoder (docs/method.md)
 
 
 # Token budget of an answer when `llm.generation.max_new_tokens` is null: room for a preamble plus a
@@ -796,22 +798,29 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"not valid YAML{where}: {getattr(exc, 'problem', None) or type(exc).__name__}"
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses a mapping holding the same key twice (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _duplicate_key(node: yaml.Node | None) -> yaml.Node | None:
+    """The first mapping key given twice in a composed YAML tree (PyYAML keeps the last one silently), or None."""
+    if isinstance(node, yaml.MappingNode):
         seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value in seen:
+                return key
+            seen.add(key.value if isinstance(key, yaml.ScalarNode) else id(key))
+            if (found := _duplicate_key(value)) is not None:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        return next((found for item in node.value if (found := _duplicate_key(item)) is not None), None)
+    return None
 
 
 def _read_yaml(path: Path) -> object:
     try:
-        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        text = path.read_text()
+        twice = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))  # nodes only: nothing is constructed
+        if twice is not None:
+            raise ConfigError(f"{path}: not valid YAML at line {twice.start_mark.line + 1}, column "
+                              f"{twice.start_mark.column + 1}: duplicate key {twice.value!r}")
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -111,7 +111,7 @@ ITEM_TEXT_EMBEDDINGS = Stage(
 # grounding.n_k items when llm.n_descriptions is null, and writes an empty table unless the source is llm.
 _PSEUDO_USERS = ("pseudo_overlap.source", "pseudo_overlap.max_users", "pseudo_overlap.sample_seed")
 PSEUDO_TEXTS = Stage(
-    "pseudo_texts", "language", (SEQUENCES,), ("llm", "grounding.n_k", *_PSEUDO_USERS),
+    "pseudo_texts", "language", (SEQUENCES,), ("llm", "grounding.n_k", "text_encoder.without_text", *_PSEUDO_USERS),
     table="pseudo_texts.parquet",
 )
 GROUNDED_ITEMS = Stage(
@@ -126,7 +126,7 @@ PSEUDO_OVERLAP_SEQUENCES = Stage(
 
 # ---- model -------------------------------------------------------------------------------------
 PRETRAINED_ENCODERS = Stage(
-    "pretrained_encoders", "model", (SEQUENCES, ITEM_TEXT_EMBEDDINGS), ("pretrain",),
+    "pretrained_encoders", "model", (SEQUENCES, ITEM_TEXT_EMBEDDINGS), ("pretrain", "text_encoder.without_text"),
     weights="encoder_{domain}.safetensors",
     meta="encoder_{domain}.json",
     history="history.json",

@@ -325,3 +325,14 @@ def check_targets_not_in_training(data: SequenceData) -> tuple[bool, dict]:
     if len(leaked):
         details["examples"] = leaked[:5].tolist()
     return len(leaked) == 0 and repeated == 0, details
+
+
+def text_domains(items: pa.Table, without_text: list[str] = ()) -> dict[str, bool]:
+    """Whether each domain has item text: some item of it has a real title, and the YAML does not switch it off.
+
+    A domain without text (LLMCDSR Movie-Book's books: upstream lost their titles) is a first-class case:
+    no stage embeds its placeholder titles, and the ID encoder stands in for the text encoder.
+    """
+    domains = np.asarray(items.column("domain").to_pylist())
+    titled = np.asarray(items.column("has_title").to_pylist(), dtype=bool)
+    return {d: bool(titled[domains == d].any()) and d not in without_text for d in ("A", "B")}

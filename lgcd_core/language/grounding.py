@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from lgcd_core.config import DatasetConfig
 from lgcd_core.device import resolve_device
-from lgcd_core.language.pseudo_sources import SINGLE_DOMAIN, SOURCE_LABELS, ground_collaborative, select_users, source_histories
+from lgcd_core.language.pseudo_sources import SINGLE_DOMAIN, SOURCE_LABELS, ground_collaborative, needs_text, select_users, source_histories
 from lgcd_core.language.text_encoder import encode_texts
 
 SCHEMA = pa.schema([
@@ -181,7 +181,11 @@ def ground_pseudo_users(pseudo: pa.Table, items: pa.Table, sequences: pa.Table, 
     else:
         users = select_users(sequences, po.max_users, po.sample_seed)
         if po.source == "text":
+            from lgcd_core.data.sequences import text_domains
+
+            users, left_out = needs_text(users, text_domains(items, cfg.text_encoder.without_text))
             table, stats = ground_source_items(users, items, cfg, device, item_embeddings=item_embeddings)
+            stats = {**stats, "left_out_without_text": left_out}
         else:
             out, stats = ground_collaborative(users, items, sequences, cfg.grounding.n_k, cfg.llm.history_items)
             for row in out:

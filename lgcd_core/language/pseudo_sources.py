@@ -130,3 +130,22 @@ def ground_collaborative(users: list[dict], items: pa.Table, sequences: pa.Table
         "avg_cooccurring_items": round(float(np.mean(signal_items)), 3) if signal_items else 0.0,
     }
     return out, stats
+
+
+def needs_text(users: list[dict], has_text: dict[str, bool]) -> tuple[list[dict], dict]:
+    """The users a text-based source (``llm``, ``text``) can serve: both their domains have item text.
+
+    A prompt cannot describe items without titles, and a description cannot be grounded to items
+    without text; the ``collaborative`` source needs neither. Returns the users kept and, per direction
+    left out, how many users it concerns and why (for the stage's metadata).
+    """
+    kept, left_out = [], {}
+    for user in users:
+        source, target = SINGLE_DOMAIN[user["user_type"]]
+        missing = [d for d in (source, target) if not has_text[d]]
+        if missing:
+            entry = left_out.setdefault(f"{source}->{target}", {"users": 0, "domains_without_text": missing})
+            entry["users"] += 1
+        else:
+            kept.append(user)
+    return kept, left_out

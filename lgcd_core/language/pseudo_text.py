@@ -38,7 +38,7 @@ from lgcd_core.language.generation_cache import GenerationCache, cache_key
 from lgcd_core.language.llm_base import Answer, LLMBackend
 from lgcd_core.language.parsing import parse_answer
 from lgcd_core.language.prompts import display_text, load_template, render_prompt
-from lgcd_core.language.pseudo_sources import SINGLE_DOMAIN, SOURCE_LABELS, select_users
+from lgcd_core.language.pseudo_sources import SINGLE_DOMAIN, SOURCE_LABELS, needs_text, select_users
 
 SCHEMA = pa.schema([
     ("user_idx", pa.int32()),
@@ -148,8 +148,14 @@ def generate_pseudo_texts(
         log(f"pseudo_texts: pseudo_overlap.source is {po.source!r}: no LLM answers needed, writing an empty table")
         return SCHEMA.empty_table(), {"source": po.source, "source_label": SOURCE_LABELS[po.source], "n_users": 0,
                                       "n_single_domain_users": n_single}
+    from lgcd_core.data.sequences import text_domains
+
     llm = cfg.llm.resolved(cfg.grounding.n_k)
-    users = select_users(sequences, po.max_users, po.sample_seed)
+    users, left_out = needs_text(select_users(sequences, po.max_users, po.sample_seed),
+                                 text_domains(items, cfg.text_encoder.without_text))
+    for direction, why in left_out.items():
+        log(f"pseudo_texts: {why['users']} users {direction} get no LLM answer: domain {why['domains_without_text']} "
+            "has no item text (a prompt cannot describe its items, or an answer cannot be grounded to them)")
     cache = GenerationCache(Path(cache_dir))
     backend = backend or make_backend(llm, device)
     requests = build_requests(cfg, items, users, backend, llm)
@@ -174,6 +180,7 @@ def generate_pseudo_texts(
         "cut": cut, "cut_share": round(cut / len(table), 4) if len(table) else 0.0,
         "avg_descriptions": round(float(np.mean([len(d) for d in table.column("descriptions").to_pylist()])), 3) if len(table) else 0.0,
         "backend": llm.backend, "model": backend.model_id,
+        "left_out_without_text": left_out,
         **run_stats(backend),
     }
     return table, stats

@@ -118,27 +118,41 @@ def _encode_in_chunks(missing: list[str], cfg: TextEncoderConfig, device: str, c
 
 def encode_items(items: pa.Table, cfg: TextEncoderConfig, device: str, cache_dir: Path,
                  log: Callable[[str], None] = print) -> tuple[np.ndarray, dict]:
-    """Embed every item's ``text``: ``(n_items + 1, dim)`` aligned with ``item_idx``, row 0 zeros."""
+    """Embed every item's ``text``: ``(n_items + 1, dim)`` aligned with ``item_idx``, row 0 zeros.
+
+    Items of a domain without text (:func:`lgcd_core.data.sequences.text_domains`) are not embedded:
+    their rows stay zeros (nothing reads them; the ID encoder stands in for the text encoder there).
+    """
+    from lgcd_core.data.sequences import text_domains
+
     idx = np.asarray(items.column("item_idx").to_numpy(), dtype=np.int64)
     if not np.array_equal(idx, np.arange(1, len(idx) + 1)):
         raise ValueError("items table: row i must have item_idx i+1")
-    texts = [t or "" for t in items.column("text").to_pylist()]
+    has_text = text_domains(items, cfg.without_text)
+    domains = items.column("domain").to_pylist()
+    texts = [(t or "") if has_text[d] else None for t, d in zip(items.column("text").to_pylist(), domains)]
+    if not any(t is not None for t in texts):
+        raise ValueError("items table: no domain has item text; set text_encoder.without_text to at most one domain")
+    skipped = sum(t is None for t in texts)
     cache = VectorCache(cache_dir, encoder_id(cfg))
-    missing = list(dict.fromkeys(t for t in texts if cache.get(t) is None))
+    missing = list(dict.fromkeys(t for t in texts if t is not None and cache.get(t) is None))
     start = time.perf_counter()
     new = _encode_in_chunks(missing, cfg, device, cache, log)
     elapsed = time.perf_counter() - start
-    dim = new.shape[1] if missing or not texts else len(cache.get(texts[0]))
+    dim = new.shape[1] if missing else len(cache.get(next(t for t in texts if t is not None)))
     out = np.zeros((len(texts) + 1, dim), dtype=np.float32)
     for row, text in enumerate(texts, start=1):
-        out[row] = cache.get(text)
+        if text is not None:
+            out[row] = cache.get(text)
     missing_set = set(missing)
     stats = {
         "items": len(texts),
         "dim": int(dim),
         "items_per_s": round(len(missing) / elapsed, 1) if missing and elapsed > 0 else None,
         "encoded": len(missing),
-        "cached": sum(t not in missing_set for t in texts),
+        "cached": sum(t is not None and t not in missing_set for t in texts),
         "model": cfg.model,
+        "domains_without_text": [d for d, has in has_text.items() if not has],
+        "not_embedded": skipped,  # items of a domain without text: zero rows, read by nothing
     }
     return out, stats

@@ -8,6 +8,10 @@ padding; :class:`lgcd_core.model.batches.ItemIndex` maps global ``item_idx`` <->
 - fusion          : ``W_fusion [h^ID ; h^text] + b``                               (eq. 2)
 - item side       : ``E_fusion = W_fusion [E_ID ; E_text] + b``                    (eq. 3)
 
+A domain without item text (``EncoderSpec.has_text`` False) has no text pathway: the fusion reads the ID
+half alone (``W_fusion h^ID + b``, and ``E_fusion = W_fusion E_ID + b``), and wherever LGCD reads the text
+encoder (x0 of eq. 7) it reads the ID encoder (:meth:`DomainEncoder.encode_text` says so).
+
 The frozen text vectors are a non-persistent buffer: checkpoints hold only trained weights, and the
 vectors come from the ``item_text_embeddings`` stage when a checkpoint is loaded.
 """
@@ -39,6 +43,7 @@ class EncoderSpec:
     max_len: int = 50
     dropout: float = 0.2
     positions: str = "start"  # where position ids count from (sasrec.SequenceTransformer): 'start' is prefix-exact
+    has_text: bool = True  # False: a domain without item text; the ID encoder stands in for the text encoder
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -60,11 +65,12 @@ class DomainEncoder(nn.Module):
         nn.init.normal_(self.id_emb.weight, std=d ** -0.5)
         with torch.no_grad():
             self.id_emb.weight[0].zero_()
-        self.text_proj = nn.Linear(spec.dim_text, d)  # projects frozen text vectors to d (E_text)
         args = (d, spec.n_layers, spec.n_heads, spec.max_len, spec.dropout, spec.positions)
         self.id_encoder = SequenceTransformer(*args)
-        self.text_encoder = SequenceTransformer(*args)
-        self.fusion = nn.Linear(2 * d, d)  # W_fusion, b_fusion (eq. 2, 3)
+        if spec.has_text:
+            self.text_proj = nn.Linear(spec.dim_text, d)  # projects frozen text vectors to d (E_text)
+            self.text_encoder = SequenceTransformer(*args)
+        self.fusion = nn.Linear(2 * d if spec.has_text else d, d)  # W_fusion, b_fusion (eq. 2, 3)
 
     # ---- item side ---------------------------------------------------------------------------
 
@@ -83,6 +89,8 @@ class DomainEncoder(nn.Module):
         """
         if items is None:
             items = torch.arange(self.spec.n_items + 1, device=self.id_emb.weight.device)
+        if not self.spec.has_text:
+            return self.fusion(self.item_id(items))
         return self.fusion(torch.cat([self.item_id(items), self.item_text(items)], dim=-1))
 
     # ---- sequence side -----------------------------------------------------------------------
@@ -92,11 +100,15 @@ class DomainEncoder(nn.Module):
         return self.id_encoder(self.item_id(items), items == 0)
 
     def encode_text(self, items: torch.Tensor) -> torch.Tensor:
-        """h^text at every position (eq. 1): (B, L) -> (B, L, d)."""
+        """h^text at every position (eq. 1): (B, L) -> (B, L, d); h^ID for a domain without text."""
+        if not self.spec.has_text:
+            return self.encode_id(items)
         return self.text_encoder(self.item_text(items), items == 0)
 
     def fuse(self, h_id: torch.Tensor, h_text: torch.Tensor) -> torch.Tensor:
-        """h^fusion = W_fusion [h^ID ; h^text] + b (eq. 2)."""
+        """h^fusion = W_fusion [h^ID ; h^text] + b (eq. 2); W_fusion h^ID + b for a domain without text."""
+        if not self.spec.has_text:
+            return self.fusion(h_id)
         return self.fusion(torch.cat([h_id, h_text], dim=-1))
 
     def fuse_id_only(self, h_id: torch.Tensor) -> torch.Tensor:
@@ -106,7 +118,8 @@ class DomainEncoder(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """Fused hidden states at every position: (B, L) -> (B, L, d)."""
-        return self.fuse(self.encode_id(items), self.encode_text(items))
+        h_id = self.encode_id(items)
+        return self.fuse(h_id, self.encode_text(items) if self.spec.has_text else h_id)
 
     def user_vector(self, items: torch.Tensor) -> torch.Tensor:
         """Fused representation read at the last real position: (B, L) -> (B, d)."""

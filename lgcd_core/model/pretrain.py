@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lgcd_core.config import DatasetConfig, PretrainConfig
+from lgcd_core.data.sequences import text_domains
 from lgcd_core.device import resolve_device
 from lgcd_core.io import write_json
 from lgcd_core.model.batches import DOMAINS, Inputs, ItemIndex, pad_left, pretrain_rows, trim_left
@@ -84,7 +85,8 @@ def next_item_logits(encoder: DomainEncoder, hidden: torch.Tensor, targets: torc
 
 
 def train_domain_encoder(pcfg: PretrainConfig, index: ItemIndex, domain: str, inputs: Inputs, device: str,
-                         checkpoint: Path, log: Log = print, accelerator: Accelerator | None = None) -> tuple[DomainEncoder, dict]:
+                         checkpoint: Path, log: Log = print, accelerator: Accelerator | None = None,
+                         has_text: bool = True) -> tuple[DomainEncoder, dict]:
     """Pretrain one domain's encoder; returns the best-on-valid encoder and its training record.
 
     Under a data-parallel launch every process draws the same batches and trains on its rows of each
@@ -99,7 +101,7 @@ def train_domain_encoder(pcfg: PretrainConfig, index: ItemIndex, domain: str, in
     gen = torch.Generator().manual_seed(seed)  # batch order: the same on every process
     spec = EncoderSpec(domain=domain, n_items=index.n_domain(domain), dim_text=int(inputs.embeddings.shape[1]),
                        d=pcfg.d, n_layers=pcfg.n_layers, n_heads=pcfg.n_heads, max_len=pcfg.max_len,
-                       dropout=pcfg.dropout, positions=pcfg.positions)
+                       dropout=pcfg.dropout, positions=pcfg.positions, has_text=has_text)
     encoder = DomainEncoder(spec, index.text_rows(inputs.embeddings, domain)).to(device)
     rows_x, rows_y = pretrain_rows(index.to_local(inputs.sequences.column("items").to_pylist(), domain), pcfg.max_len)
     v_hist, v_tgt = domain_valid_cases(index, inputs.eval_cases, domain)
@@ -148,10 +150,13 @@ def pretrain_encoders(cfg: DatasetConfig, inputs: Inputs, out_dir: Path, device:
     accelerator = data_parallel_accelerator(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     index = ItemIndex.from_table(inputs.items)
+    has_text = text_domains(inputs.items, cfg.text_encoder.without_text)
     records = {}
     for dom in DOMAINS:
+        if not has_text[dom]:
+            log(f"pretrain {dom}: no item text in this domain; the ID encoder alone (no text pathway)")
         encoder, records[dom] = train_domain_encoder(cfg.pretrain, index, dom, inputs, device,
-                                                     out_dir / f"checkpoint_{dom}.pt", log, accelerator)
+                                                     out_dir / f"checkpoint_{dom}.pt", log, accelerator, has_text[dom])
         if accelerator.is_main_process:
             save_encoder(encoder, out_dir, {"best_epoch": records[dom]["best_epoch"], "best_valid": records[dom]["best_valid"],
                                             "pretrain": cfg.pretrain.model_dump(mode="json")})
@@ -163,5 +168,5 @@ def pretrain_encoders(cfg: DatasetConfig, inputs: Inputs, out_dir: Path, device:
                   "loss_curve": [e["loss"] for e in r["epochs"]],
                   "valid_ndcg10": [e["valid"]["NDCG@10"] for e in r["epochs"]],
                   "seconds_per_epoch": float(np.mean([e["seconds"] for e in r["epochs"]])),
-                  "n_train_rows": r["n_train_rows"], "n_valid_cases": r["n_valid_cases"]}
+                  "n_train_rows": r["n_train_rows"], "n_valid_cases": r["n_valid_cases"], "has_text": has_text[dom]}
             for dom, r in records.items()}
