@@ -334,5 +334,7 @@ def text_domains(items: pa.Table, without_text: list[str] = ()) -> dict[str, boo
     no stage embeds its placeholder titles, and the ID encoder stands in for the text encoder.
     """
     domains = np.asarray(items.column("domain").to_pylist())
+    if "has_title" not in items.column_names:  # a table that does not track titles (e.g. built in memory): all have text
+        return {d: d not in without_text for d in ("A", "B")}
     titled = np.asarray(items.column("has_title").to_pylist(), dtype=bool)
     return {d: bool(titled[domains == d].any()) and d not in without_text for d in ("A", "B")}
