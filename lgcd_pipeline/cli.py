@@ -82,7 +82,9 @@ def sync(dataset: str | None, dry_run: bool) -> int:
         return 0
     for key in plan.keys:
         print(f"lgcd sync: {key.to_user_string()}: {plan.reasons[key]}", file=sys.stderr)
-    result = dg.materialize(defs.assets, selection=plan.keys, instance=instance, raise_on_error=False)
+    # INFO, not Dagster's default DEBUG: a line per stage event would bury the stages' own progress lines
+    quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    result = dg.materialize(defs.assets, selection=plan.keys, instance=instance, raise_on_error=False, run_config=quiet)
     print(f"lgcd sync: run {result.run_id} {'succeeded' if result.success else 'FAILED'}", file=sys.stderr)
     return 0 if result.success else 1
 
