@@ -16,8 +16,13 @@ Rows differ in the ``lgcd`` fields they set and in where their pseudo-overlap us
 single-domain user). Pseudo tables are built with the stage code (grounding, then insertion) and
 cached in ``DIR/ablations/pseudo_<source>_<cap>.parquet``.
 
+``--pseudo SOURCE:CAP`` gives every row (the reference included) those pseudo users: Table 3 against the
+paper's full model (issue 23 point 7).
+
 Scoring: valid cases, ``inter_domain`` (source-only histories), the evaluation stage's sampled-999
-candidates (``evaluation.candidate_seed``) and full ranking. The table gives each row's NDCG@10 and
+candidates (``evaluation.candidate_seed``) and full ranking. A row trained with ``ablations.oracle_x0`` is
+scored as the oracle: h_rev := the case's true x0 (from its target-domain history), the condition from its
+source history (:func:`score_rows`). The table gives each row's NDCG@10 and
 HR@10 per target domain (mean ± std over seeds) and its difference to ``--reference`` (paired by
 case, pooled over the seeds both have, 95% bootstrap interval over cases; the evaluation stage's
 comparisons code). Only valid is read: nothing here can select on test. Output:
