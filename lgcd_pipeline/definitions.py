@@ -21,7 +21,12 @@ def build_definitions(configs: list[DatasetConfig]) -> dg.Definitions:
     """Every dataset's graph; a run (UI, ``dagster asset materialize``) executes its steps with the multiprocess
     executor, so two datasets' graphs materialize at once while the ``gpu`` pool (``dagster_home/dagster.yaml``)
     lets one GPU stage run at a time."""
-    return dg.Definitions(assets=[asset for cfg in configs for asset in dataset_assets(cfg)], executor=dg.multiprocess_executor)
+    from lgcd_core.stages import STAGES
+    from lgcd_pipeline.stage import files_check
+
+    return dg.Definitions(assets=[asset for cfg in configs for asset in dataset_assets(cfg)],
+                          asset_checks=[files_check(cfg, stage) for cfg in configs for stage in STAGES],
+                          executor=dg.multiprocess_executor)
 
 
 defs = build_definitions(discover_datasets())

@@ -85,6 +85,26 @@ def stage_asset(
     return wrap
 
 
+FILES_CHECK = "output_files_unchanged"
+
+
+def files_check(cfg: DatasetConfig, stage: Stage) -> dg.AssetChecksDefinition:
+    """An asset check the UI runs without re-materializing ("Execute checks"): does the stage folder still hold
+    what its last materialization wrote (the ``output_files`` manifest)? It fails naming what is missing or
+    changed; ``lgcd status`` and ``lgcd sync`` read the same manifest (lgcd_pipeline.staleness)."""
+    key = stage_key(cfg, stage)
+
+    @dg.asset_check(asset=key, name=FILES_CHECK, description="The stage folder holds what its last materialization wrote.")
+    def _check(context) -> dg.AssetCheckResult:
+        from lgcd_pipeline.staleness import file_status
+
+        found = file_status(context.instance, key)
+        return dg.AssetCheckResult(passed=found is None,
+                                   metadata={"changes": dg.MetadataValue.json(found[1] if found else [])})
+
+    return _check
+
+
 def sequence_inputs(cfg: DatasetConfig):
     """What the model and evaluation stages read: items, sequences, eval cases, item text vectors."""
     import numpy as np

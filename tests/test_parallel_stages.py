@@ -14,7 +14,7 @@ from conftest import REPO_ROOT, TINY_YAML, write_dataset_yaml
 
 from lgcd_core.config import DatasetConfig
 from lgcd_pipeline.definitions import build_definitions
-from lgcd_pipeline.stage import GPU_POOL
+from lgcd_pipeline.stage import FILES_CHECK, GPU_POOL
 
 GPU_STAGES = {"item_text_embeddings", "pseudo_texts", "pretrained_encoders", "lgcd_model", "baselines", "evaluation", "recommendations"}
 
@@ -77,7 +77,9 @@ def test_two_datasets_materialize_at_once_one_gpu_stage_at_a_time(tmp_path):
                     "--select", "*tiny_a/pretrained_encoders,*tiny_b/pretrained_encoders"], env=env, check=True, cwd=REPO_ROOT)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         (run,) = instance.get_runs()
-        spans = _step_spans(instance, run.run_id)
+        steps = _step_spans(instance, run.run_id)
+    spans = {key: span for key, span in steps.items() if not key.endswith(FILES_CHECK)}  # the stages, not their checks
+    assert len(steps) == 2 * len(spans)  # every selected stage's files check ran too
     gpu = [span for key, span in spans.items() if key.split("__")[-1] in GPU_STAGES]
     assert len(spans) == 12 and len(gpu) == 4  # sequences' 4 stages + 2 GPU stages, per dataset
     assert not any(_overlap(a, b) for i, a in enumerate(gpu) for b in gpu[i + 1:])

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 from pipeline_helpers import DATA_STAGES, materialize, tiny_defs
 
+from lgcd_pipeline.stage import FILES_CHECK
 from lgcd_pipeline.staleness import direct_status, plan_sync
 
 
@@ -44,6 +45,12 @@ def test_status_and_sync_read_the_files(tiny_env: Path) -> None:
     (data / "filtered_interactions" / "interactions.parquet").unlink()  # one output deleted
     state, causes = _status("filtered_interactions")
     assert state == "STALE" and causes == [f"{data / 'filtered_interactions' / 'interactions.parquet'} is missing"]
+
+    with dg.DagsterInstance.get() as instance:  # the UI's "Execute checks" runs this check: the same verdict
+        checks = {c.check_key.asset_key.path[1]: c for c in tiny_defs().asset_checks if c.check_key.name == FILES_CHECK}
+        verdicts = {s: checks[s](dg.build_asset_check_context(instance=instance)) for s in ("sequences", "raw_items")}
+    assert not verdicts["sequences"].passed and verdicts["raw_items"].passed
+    assert str(edited) in str(verdicts["sequences"].metadata["changes"].value)
 
     shutil.rmtree(tiny_env / "data")  # the data root emptied under a warm instance
     assert _status("raw_interactions")[0] == "MISSING"
