@@ -23,6 +23,8 @@ def test_the_readme_has_commands_and_no_reference_to_a_missing_file():
         if not target.startswith("http"):
             assert (REPO_ROOT / target).exists(), target
     assert "DESIGN.md" not in README
+    cited = [p for p in re.findall(r"`([\w./-]+/[\w.-]+\.\w+)`", README) if "<" not in p]  # file paths in backticks
+    assert cited and all((REPO_ROOT / p).exists() for p in cited), [p for p in cited if not (REPO_ROOT / p).exists()]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
