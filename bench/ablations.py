@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bench.common import apply_assignment, mean_std, publish
+from bench.common import lgcd_overrides, mean_std, publish
 
 
 @dataclass(frozen=True)
@@ -265,14 +265,7 @@ def main() -> None:
     from lgcd_pipeline.stage import sequence_inputs
 
     cfg = load_dataset_config(dataset_path(args.dataset))
-    overrides: dict = {}
-    for assignment in args.overrides:
-        holder: dict = {}
-        apply_assignment(holder, assignment)
-        lgcd = holder.get("lgcd")
-        if not isinstance(lgcd, dict):
-            raise SystemExit(f"--set {assignment!r}: only lgcd.* fields apply to the rows")
-        overrides.update(_flatten(lgcd))
+    overrides = lgcd_overrides(args.overrides)
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
@@ -311,17 +304,6 @@ def main() -> None:
         out += [f"## {label}", "", *table(ranks, comparisons, [r for r in rows if r in runs], args.reference, names, protocol, runs), ""]
     out += ["## Generator diagnostics (valid)", "", *diagnostics_lines(runs), ""]
     publish("\n".join(out), args.out or f"ablations_{args.dataset}.md")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 if __name__ == "__main__":

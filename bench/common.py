@@ -57,6 +57,30 @@ def apply_assignment(config: dict, assignment: str) -> str:
     return f"{path} = {value!r} (override)"
 
 
+def lgcd_overrides(assignments: list[str]) -> dict:
+    """``--set lgcd.section.field=value`` assignments as dotted LGCDConfig fields (``{'section.field': value}``)."""
+    overrides: dict = {}
+    for assignment in assignments:
+        holder: dict = {}
+        apply_assignment(holder, assignment)
+        lgcd = holder.get("lgcd")
+        if not isinstance(lgcd, dict):
+            raise SystemExit(f"--set {assignment!r}: only lgcd.* fields apply to the rows")
+        overrides.update(_flatten(lgcd))
+    return overrides
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def sync_stages(times_path: Path) -> dict[str, float]:
     """Materialize every missing or stale stage of the workspace the environment points at.
 

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bench.ablations import _flatten, diagnostics_lines, score_rows, table
-from bench.common import apply_assignment, publish
+from bench.ablations import diagnostics_lines, score_rows, table
+from bench.common import lgcd_overrides, publish
 
 ROWS = {f"{source}_rec{rec}_{cond}": (source, rec, cond) for source in ("true", "collab") for rec in (0, 1)
         for cond in ("id", "full")}
@@ -119,11 +119,7 @@ def main() -> None:
     from lgcd_pipeline.stage import sequence_inputs
 
     cfg = load_dataset_config(dataset_path(args.dataset))
-    overrides: dict = {}
-    for assignment in args.overrides:
-        holder: dict = {}
-        apply_assignment(holder, assignment)
-        overrides.update(_flatten(holder.get("lgcd", {})))
+    overrides = lgcd_overrides(args.overrides)
     rows = [r for r in args.rows.split(",") if r]
     if "dropped" not in rows:
         rows.insert(0, "dropped")

@@ -140,18 +140,32 @@ def printable(text: str) -> str:
     return "".join(ch for ch in " ".join(text.split()) if ch.isprintable())
 
 
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def folder_manifest(folder: Path) -> dict[str, list]:
     """``{relative path: [size, sha256]}`` of every file under ``folder`` (what a stage wrote), {} if it is absent."""
     if not folder.is_dir():
         return {}
-    out = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        out[str(path.relative_to(folder))] = [path.stat().st_size, digest.hexdigest()]
-    return out
+    return {str(path.relative_to(folder)): [path.stat().st_size, sha256_file(path)]
+            for path in sorted(p for p in folder.rglob("*") if p.is_file())}
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out a matplotlib figure, write it to ``path`` as PNG (atomically) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
 
 
 def manifest_changes(folder: Path, recorded: dict[str, list]) -> list[str]:

@@ -155,8 +155,9 @@ def recommend(dataset: str, user: str, k: int | None, as_json: bool) -> int:
     import pyarrow as pa
 
     from lgcd_core.config import ConfigError, dataset_path, load_dataset_config
-    from lgcd_core.data.contracts import check_items, item_domains
+    from lgcd_core.data.contracts import check_items
     from lgcd_core.io import DataError, read_parquet, recover
+    from lgcd_core.protocol.settings import item_domains
     from lgcd_core.stages import RECOMMENDATIONS, SEQUENCES
 
     if k is not None and k < 1:

@@ -3,8 +3,9 @@
 import pyarrow as pa
 import pytest
 
-from lgcd_core.data.contracts import check_items, check_sequence_tables, item_domains
+from lgcd_core.data.contracts import check_items, check_sequence_tables
 from lgcd_core.io import DataError
+from lgcd_core.protocol.settings import item_domains
 
 ITEMS = pa.table({"item_idx": pa.array([1, 2, 3, 4], pa.int32()), "domain": ["A", "A", "B", "B"]})
 DOMAINS = item_domains(ITEMS)

@@ -16,16 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lgcd_core.io import DataError
-
-DOMAINS = ("A", "B")
-
-
-def item_domains(items: pa.Table) -> np.ndarray:
-    """(n_items + 1,) domain of every item index, '' for the padding row 0 (and any gap)."""
-    idx = items.column("item_idx").to_numpy()
-    out = np.full(int(idx.max()) + 1 if len(idx) else 1, "", dtype=object)
-    out[idx] = np.asarray(items.column("domain").to_pylist(), dtype=object)
-    return out
+from lgcd_core.protocol.settings import item_domains
 
 
 def check_items(table: pa.Table, column: str, domains: np.ndarray, path: Path | str,
@@ -45,11 +36,6 @@ def check_items(table: pa.Table, column: str, domains: np.ndarray, path: Path | 
         raise DataError(f"{path}: column {column!r}, row {row}: a missing item id")
     ids = flat.to_numpy(zero_copy_only=False).astype(np.int64)
     bad = np.flatnonzero((ids < 1) | (ids >= len(domains)))
-    known = np.ones(len(ids), dtype=bool)
-    known[bad] = False
-    if not len(bad):
-        bad = np.flatnonzero(domains[ids] == "")
-        known[bad] = False
     if len(bad):
         first = int(bad[0])
         raise DataError(f"{path}: column {column!r}, row {_row_of(table, column, is_list, first)}: item id {ids[first]} "

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from lgcd_core.evaluation.comparisons import MIN_SEEDS, comparisons_markdown
-from lgcd_core.io import atomic_path
+from lgcd_core.io import save_figure
 
 SPLIT_ORDER = ("valid", "test")
 PROTOCOLS = ("sampled999", "full")
@@ -163,8 +163,4 @@ def plot_metrics(metrics: pa.Table, path: Path, split: str, domain_names: dict[s
             ax.set_xticks(range(len(models)), models, rotation=40, ha="right", fontsize=7)
             ax.set_title(f"{metric}@{k} · {setting} · {split} ({n_negatives} sampled negatives)", fontsize=9)
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

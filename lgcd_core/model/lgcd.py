@@ -248,8 +248,7 @@ class LGCDModel(nn.Module):
         enc = self.enc[source]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.training.freeze_encoders):
             h_id = enc.encode_id(src)
-            h_text = enc.encode_text(src)
-            z = enc.fuse(h_id, h_text)
+            z = enc.fuse(h_id, enc.encode_text(src) if enc.spec.has_text else h_id)
             if self.cfg.interpretation.pseudo_condition == "id_fused" and bool(pseudo.any()):
                 z = torch.where(pseudo[:, None, None], enc.fuse_id_only(h_id), z)
         return z

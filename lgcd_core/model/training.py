@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lgcd_core.io import DataError, atomic_path
+from lgcd_core.io import DataError, atomic_path, save_figure
 from lgcd_core.protocol.metrics import full_ranks, hit_rate, ndcg
 
 Log = Callable[[str], None]
@@ -304,8 +304,4 @@ def plot_curves(records: dict[str, dict], path: Path, loss_label: str, title: st
     if len(records) <= 12:
         for ax in axes:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

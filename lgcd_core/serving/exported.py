@@ -21,7 +21,6 @@ scores with the stored item vectors, so an exported folder recommends what the s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from lgcd_core.io import DataError, atomic_dir, read_parquet, write_json, write_parquet
+from lgcd_core.io import DataError, atomic_dir, read_parquet, sha256_file, write_json, write_parquet
 from lgcd_core.model.batches import DOMAINS
 from lgcd_core.serving.recommender import Recommender, lgcd_recommender
 from lgcd_core.stages import ITEM_TEXT_EMBEDDINGS, LGCD_MODEL, PRETRAINED_ENCODERS, SEQUENCES
@@ -42,14 +41,6 @@ ITEMS = "items.parquet"
 EMBEDDINGS = "embeddings.npy"
 MODEL_FILES = (str(LGCD_MODEL.weights), str(LGCD_MODEL.meta))
 ENCODER_FILES = tuple(str(f.format(domain=d)) for d in DOMAINS for f in (PRETRAINED_ENCODERS.weights, PRETRAINED_ENCODERS.meta))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _vector_column(item_vectors: dict[str, torch.Tensor], domains: np.ndarray) -> pa.Array:
@@ -105,7 +96,7 @@ def export(cfg, out: Path, device: str = "cpu") -> dict:
             "dataset_config": cfg.model_dump(mode="json"),
         }
         write_json(config, tmp / CONFIG)
-        sums = {name: _sha256(tmp / name) for name in sorted((*MODEL_FILES, *ENCODER_FILES, EMBEDDINGS, ITEMS, CONFIG))}
+        sums = {name: sha256_file(tmp / name) for name in sorted((*MODEL_FILES, *ENCODER_FILES, EMBEDDINGS, ITEMS, CONFIG))}
         (tmp / CHECKSUMS).write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
     return config
 
@@ -128,7 +119,7 @@ def verify_export(folder: Path) -> dict:
         path = folder / name
         if name not in expected or not path.is_file():
             raise DataError(f"{path}: missing from the export or from its {CHECKSUMS}")
-        if _sha256(path) != expected[name]:
+        if sha256_file(path) != expected[name]:
             raise DataError(f"{path}: changed since the export (SHA-256 differs from {CHECKSUMS}); export again")
     config = json.loads((folder / CONFIG).read_text())
     try:

@@ -103,9 +103,10 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         "seeded positions (Ŝ_i^A); `is_pseudo` marks the inserted positions.",
     )
     def pseudo_overlap_sequences(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
-        from lgcd_core.data.contracts import check_items, item_domains
+        from lgcd_core.data.contracts import check_items
         from lgcd_core.io import atomic_dir, read_parquet, write_parquet
         from lgcd_core.language.pseudo_overlap import build_pseudo_overlap
+        from lgcd_core.protocol.settings import item_domains
 
         sequences = read_parquet(SEQUENCES.sequences.path(cfg))
         grounded = read_parquet(GROUNDED_ITEMS.table.path(cfg))

@@ -77,13 +77,14 @@ def build(cfg: DatasetConfig) -> list[dg.AssetsDefinition]:
         "evaluation.seeds and per Table 3 variant the YAML lists.",
     )
     def lgcd_model(context, cfg: DatasetConfig, out_dir: Path) -> dg.MaterializeResult:
-        from lgcd_core.data.contracts import check_items, item_domains
+        from lgcd_core.data.contracts import check_items
         from lgcd_core.device import resolve_device
         from lgcd_core.io import read_parquet
         from lgcd_core.model.batches import Inputs
         from lgcd_core.model.launch import train
         from lgcd_core.model.runs import all_lgcd_runs, lgcd_run_dir
         from lgcd_core.model.train_lgcd import LOSS_CURVE, train_lgcd_runs
+        from lgcd_core.protocol.settings import item_domains
 
         pseudo = read_parquet(PSEUDO_OVERLAP_SEQUENCES.table.path(cfg))
         inputs = Inputs(*sequence_inputs(cfg), pseudo_overlap=pseudo)
