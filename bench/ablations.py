@@ -4,7 +4,7 @@
         [--seeds 0,1,2] [--reference full] [--set lgcd.section.field=value ...]
 
 ``DIR`` is a pipeline workspace whose upstream stages are materialized, e.g. the ``--keep`` folder of
-``bench.reproduce_food_kitchen`` (it holds ``datasets/<dataset>.yaml`` and ``data/``): this reads its
+``bench.reproduce`` (it holds ``datasets/<dataset>.yaml`` and ``data/``): this reads its
 ``sequences``, ``item_text_embeddings``, ``pretrained_encoders`` and, for the ``llm`` pseudo source, its
 ``pseudo_texts``. Every row trains LGCD from the YAML's ``lgcd`` section with the row's changes, once
 per seed, with the code of this checkout (not Dagster's staleness: the workspace's own ``lgcd_model``

@@ -14,7 +14,7 @@ first point and no later point makes it stale, so a point costs the LGCD trainin
 Only the mixed SASRec is kept as the reference line (``--set`` can change that).
 
 ``--workspace`` reuses a pipeline workspace, e.g. the ``--keep`` folder of
-``bench.reproduce_food_kitchen``, so its upstream stages and trained baselines are not recomputed;
+``bench.reproduce``, so its upstream stages and trained baselines are not recomputed;
 its YAML is restored at the end. Without it, a fresh temporary workspace holds ``datasets/<dataset>.yaml``.
 The table (LGCD's valid NDCG@10 and HR@10 per target domain, ``inter_domain``, 999 or the YAML's
 sampled negatives, mean ± std over the YAML's seeds) goes to bench/results/sensitivity_<dataset>.md.
