@@ -1,22 +1,24 @@
-"""Where positions count from, measured: every model under ``positions: start`` (prefix-exact) against ``end``.
+"""Two workspaces that differ in one YAML field, every model of each scored on the same valid cases, paired.
 
-    python -m bench.positions --new DIR_NEW --old DIR_OLD [--dataset food_kitchen] [--seeds 0,1,2]
-        [--rows full,wo_diffusion] [--sasrec sasrec_mixed,sasrec_single] [--out FILE]
+    python -m bench.workspaces --a DIR_A --b DIR_B --field pretrain.positions [--dataset food_kitchen]
+        [--seeds 0,1,2] [--rows full,wo_diffusion] [--sasrec sasrec_mixed,sasrec_single] [--out FILE]
 
-``DIR_NEW`` and ``DIR_OLD`` are two pipeline workspaces (see ``bench.ablations``) with the same data and
-YAML except ``pretrain.positions`` (``start`` in DIR_NEW, ``end`` in DIR_OLD), each with its pretrained
-encoders and the LGCD ``--rows`` trained by ``bench.ablations`` under ``DIR/ablations/<row>/seed<k>``.
-This trains the ``--sasrec`` baselines with ``positions: start`` into DIR_NEW and ``end`` into DIR_OLD
-(``DIR/positions/<name>_seed<k>``, read back when there), then scores every model of both workspaces on
-the evaluation stage's valid candidates:
+``DIR_A`` and ``DIR_B`` are two pipeline workspaces (see ``bench.ablations``) with the same data and
+YAML except ``--field`` (checked: the two values must differ, and label the columns), each with its
+pretrained encoders and the LGCD ``--rows`` trained by ``bench.ablations`` under ``DIR/ablations/<row>/seed<k>``.
+This trains the ``--sasrec`` baselines in each workspace with the positions convention of its
+``pretrain.positions`` (``DIR/positions/<name>_seed<k>``, read back when there), then scores every model
+of both workspaces on the evaluation stage's valid candidates:
 
 - LGCD rows in ``inter_domain`` (source-only histories, the task LGCD is for);
 - the pretrained encoder of the target domain (eq. 1-3) and the SASRecs in ``mixed_history`` and, for
   the SASRecs, ``inter_domain`` too.
 
-Each model under ``start`` is compared with itself under ``end``: per valid case, NDCG@10 difference
-pooled over the seeds, 95% bootstrap interval over cases (the evaluation stage's comparisons). Only
-valid is read. Output: ``bench/results/positions_<dataset>.md`` or ``--out``.
+Each model of A is compared with itself in B: per valid case, NDCG@10 difference pooled over the seeds,
+95% bootstrap interval over cases (the evaluation stage's comparisons). Only valid is read. Issue 23
+used it for where positions count from (``--field pretrain.positions``, A = ``start``, B = ``end``) and
+for pre-training's full softmax against a sampled one (``--field pretrain.train_negatives --sasrec ''``).
+Output: ``bench/results/workspaces_<dataset>.md`` or ``--out``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ def _workspace(path: Path, dataset: str):
     return cfg, inputs, draw_candidates(inputs.eval_cases, inputs.items, "valid", ev.n_negatives, ev.candidate_seed)
 
 
+def _field(cfg, field: str):
+    """The value of a dotted YAML field (``section.name``) of a loaded dataset config."""
+    node = cfg
+    for part in field.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def _sasrec(cfg, inputs, candidates, name: str, positions: str, seed: int, work: Path, device: str) -> Path:
     """Train (or read back) SASRec baseline ``name`` with ``positions``; returns its folder."""
     from lgcd_core.model.train_sasrec import train_sasrec
@@ -66,8 +76,8 @@ def _sasrec(cfg, inputs, candidates, name: str, positions: str, seed: int, work:
 
 
 def _ranks(cfg, inputs, candidates, path: Path, rows: list[str], sasrecs: list[str], seeds: list[int],
-           positions: str, device: str) -> pa.Table:
-    """Per-case valid ranks of every model of one workspace, model names suffixed with ``@<positions>``."""
+           label: str, device: str) -> pa.Table:
+    """Per-case valid ranks of every model of one workspace, model names suffixed with ``@<label>``."""
     from lgcd_core.evaluation.run import source_only
     from lgcd_core.model.sasrec_baseline import load_sasrec_scorer
     from lgcd_core.model.scoring import load_encoder_scorer, load_lgcd_scorer
@@ -81,7 +91,7 @@ def _ranks(cfg, inputs, candidates, path: Path, rows: list[str], sasrecs: list[s
     def score(scorers: dict, seed: int, kind: str) -> None:
         scored = score_all(scorers, inputs.eval_cases, {"valid": candidates}, inputs.items, ks=ev.ks, seed=seed,
                            settings=SETTINGS[kind], batch_size=ev.batch_size).ranks
-        parts.append(scored.set_column(0, "model", pc.binary_join_element_wise(scored.column("model"), f"@{positions}", "")))
+        parts.append(scored.set_column(0, "model", pc.binary_join_element_wise(scored.column("model"), f"@{label}", "")))
 
     score({"pretrained_encoder": load_encoder_scorer(encoders, inputs.embeddings, inputs.items, device)}, 0, "encoder")
     for seed in seeds:
@@ -90,7 +100,7 @@ def _ranks(cfg, inputs, candidates, path: Path, rows: list[str], sasrecs: list[s
                 for row in rows if (path / "ablations" / row / f"seed{seed}" / "lgcd.json").exists()}
         if lgcd:
             score(lgcd, seed, "lgcd")
-        sas = {name: load_sasrec_scorer(_sasrec(cfg, inputs, candidates, name, positions, seed, path, device), domains, device)
+        sas = {name: load_sasrec_scorer(_sasrec(cfg, inputs, candidates, name, cfg.pretrain.positions, seed, path, device), domains, device)
                for name in sasrecs}
         if sas:
             score(sas, seed, "sasrec")
@@ -125,8 +135,9 @@ def _encoder_valid(path: Path, cfg) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--new", type=Path, required=True, help="workspace with pretrain.positions: start")
-    parser.add_argument("--old", type=Path, required=True, help="workspace with pretrain.positions: end")
+    parser.add_argument("--a", type=Path, required=True, help="the workspace whose models are compared (Δ = A − B)")
+    parser.add_argument("--b", type=Path, required=True, help="the reference workspace")
+    parser.add_argument("--field", required=True, help="the dotted YAML field the two differ in, e.g. pretrain.positions")
     parser.add_argument("--dataset", default="food_kitchen")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rows", default="full,wo_diffusion", help="LGCD rows trained by bench.ablations in both")
@@ -140,39 +151,41 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [r for r in args.rows.split(",") if r]
     sasrecs = [s for s in args.sasrec.split(",") if s]
-    parts, records = [], {}
-    for positions, path in (("start", args.new), ("end", args.old)):
+    parts, records, labels = [], {}, []
+    for path in (args.a, args.b):
         cfg, inputs, candidates = _workspace(path, args.dataset)
-        if cfg.pretrain.positions != positions:
-            raise SystemExit(f"{path}: pretrain.positions is {cfg.pretrain.positions!r}, expected {positions!r}")
-        parts.append(_ranks(cfg, inputs, candidates, path, rows, sasrecs, seeds, positions, resolve_device(cfg.device)))
-        records[positions] = _encoder_valid(path, cfg)
+        labels.append(str(_field(cfg, args.field)))
+        parts.append(_ranks(cfg, inputs, candidates, path, rows, sasrecs, seeds, labels[-1], resolve_device(cfg.device)))
+        records[labels[-1]] = _encoder_valid(path, cfg)
+    a, b = labels
+    if a == b:
+        raise SystemExit(f"{args.a} and {args.b}: {args.field} is {a} in both")
     ranks = pa.concat_tables(parts)
     names = {"A": cfg.domains.A, "B": cfg.domains.B}
     models = sorted({m.rsplit("@", 1)[0] for m in ranks.column("model").to_pylist()})
-    command = "python -m bench.positions " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = [f"# Positions from the start of the window (prefix-exact) vs from its end, {args.dataset} valid", "",
+    command = "python -m bench.workspaces " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    out = [f"# {args.field}: {a} (A) against {b} (B), {args.dataset} valid", "",
            f"`{command}`", "",
-           "NDCG@10 per model under each convention (mean ± std over seeds) and Δ = start − end, per case, pooled "
+           "NDCG@10 per model in each workspace (mean ± std over seeds) and Δ = A − B, per case, pooled "
            "over the seeds, 95% bootstrap interval over cases (an interval containing 0: no measurable difference). "
            "LGCD rows read source-only histories (`inter_domain`); the pretrained encoder reads the target-domain "
            "items of the history (`mixed_history`).", ""]
     for protocol, label in (("sampled999", "999 sampled negatives"), ("full", "full ranking")):
-        out += [f"## {label}", "", "| model | setting | target | NDCG@10, start | NDCG@10, end | Δ start − end [95% CI] | seeds |",
+        out += [f"## {label}", "", f"| model | setting | target | NDCG@10, {a} | NDCG@10, {b} | Δ A − B [95% CI] | seeds |",
                 "|---|---|---|---|---|---|---:|"]
         for model in models:
-            comp = paired_comparisons(ranks.filter(pc.is_in(ranks["model"], pa.array([f"{model}@start", f"{model}@end"]))),
-                                      f"{model}@start", ks=(10,))
+            comp = paired_comparisons(ranks.filter(pc.is_in(ranks["model"], pa.array([f"{model}@{a}", f"{model}@{b}"]))),
+                                      f"{model}@{a}", ks=(10,))
             for r in comp.to_pylist():
                 if r["protocol"] != protocol or r["metric"] != "NDCG":
                     continue
                 d, setting = r["target_domain"], r["setting"]
-                out.append(f"| {model} | {setting} | {names[d]} | {mean_std(_metric(ranks, model + '@start', d, setting, protocol))} "
-                           f"| {mean_std(_metric(ranks, model + '@end', d, setting, protocol))} "
+                out.append(f"| {model} | {setting} | {names[d]} | {mean_std(_metric(ranks, f'{model}@{a}', d, setting, protocol))} "
+                           f"| {mean_std(_metric(ranks, f'{model}@{b}', d, setting, protocol))} "
                            f"| {r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {len(r['seeds'])} |")
         out.append("")
     out += ["## Pre-training records (valid, as pre-training measures it)", "", "```", json.dumps(records, indent=1), "```", ""]
-    publish("\n".join(out), args.out or f"positions_{args.dataset}.md")
+    publish("\n".join(out), args.out or f"workspaces_{args.dataset}.md")
 
 
 if __name__ == "__main__":
