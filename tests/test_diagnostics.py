@@ -99,3 +99,19 @@ def test_an_offset_is_the_whole_error_share():
     assert error_parts(target + 3.0, target)["bias_share"] == pytest.approx(1.0)
     noisy = error_parts(target + torch.randn(50, 4, generator=torch.Generator().manual_seed(1)), target)
     assert noisy["bias_share"] < 0.2
+
+
+def test_an_oracle_model_is_selected_on_the_score_it_is_read_with(toy):
+    """With ``ablations.oracle_x0`` the valid cases carry their target-domain items (h_rev := the true x0)."""
+    data, index = toy
+    model = _model(data, index, {"ablations.oracle_x0": True})
+    plain = {t: inter_domain_cases(index, data["eval_cases"], t) for t in "AB"}
+    oracle = {t: inter_domain_cases(index, data["eval_cases"], t, oracle=True) for t in "AB"}
+    cases = data["eval_cases"].to_pylist()
+    for t in "AB":
+        assert plain[t][2] is None
+        assert [h.tolist() for h in oracle[t][0]] == [h.tolist() for h in plain[t][0]]
+        hist = [c["history"] for c in cases if c["split"] == "valid" and c["target_domain"] == t]
+        assert [h.tolist() for h in oracle[t][2]] == [h.tolist() for h in index.to_local(hist, t)]
+        assert sum(len(h) > 0 for h in oracle[t][2]) > 0
+    assert evaluate_inter_domain(model, oracle, "cpu") != evaluate_inter_domain(model, plain, "cpu")

@@ -44,18 +44,25 @@ from lgcd_core.stages import LGCD_MODEL
 DIRECTIONS = ("AB", "BA")
 LOSS_CURVE = "loss_curve.png"  # every run's loss and valid NDCG@10 per epoch, at the top of the stage folder
 LOSS_TERMS = ("rec", "diff", "guess", "align")
-Cases = dict[str, tuple[list[np.ndarray], np.ndarray]]
+Cases = dict[str, tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]]
 
 
-def inter_domain_cases(index: ItemIndex, eval_cases: pa.Table, target: str, split: str = "valid") -> tuple[list[np.ndarray], np.ndarray]:
-    """(source-domain local histories, local targets) of the ``split`` cases whose target is in ``target``."""
+def inter_domain_cases(index: ItemIndex, eval_cases: pa.Table, target: str, split: str = "valid",
+                       oracle: bool = False) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:
+    """(source-domain local histories, local targets, target-domain local histories) of the ``split`` cases
+    whose target is in ``target``.
+
+    The target-domain histories are given only for ``oracle`` (else None): a model trained with
+    ``ablations.oracle_x0`` is scored with h_rev := the true x0 of those items, and its epochs are chosen
+    on that score too, not on its generator's.
+    """
     sp = eval_cases.column("split").to_pylist()
     td = eval_cases.column("target_domain").to_pylist()
     keep = [i for i in range(len(sp)) if sp[i] == split and td[i] == target]
-    hist = eval_cases.column("history").to_pylist()
+    hist = [eval_cases.column("history").to_pylist()[i] for i in keep]
     tgt = eval_cases.column("target").to_pylist()
-    local = index.to_local([hist[i] for i in keep], other(target))
-    return local, index.local_of[np.asarray([tgt[i] for i in keep], dtype=np.int64)]
+    own = index.to_local(hist, target) if oracle else None
+    return index.to_local(hist, other(target)), index.local_of[np.asarray([tgt[i] for i in keep], dtype=np.int64)], own
 
 
 @torch.no_grad()
@@ -63,21 +70,24 @@ def evaluate_inter_domain(model: LGCDModel, cases: Cases, device, batch_size: in
     """Full-ranking NDCG@10 / HR@10 per target domain on source-only histories, and their mean NDCG@10."""
     model.eval()
     out = {}
-    for target, (hist, tgt) in cases.items():
+    for target, (hist, tgt, own) in cases.items():
         if len(tgt) == 0:
             continue
-        out.update({f"{target}/{k}": v for k, v in full_ranking(_scored(model, target, hist, tgt, device, batch_size)).items()})
+        scored = _scored(model, target, hist, tgt, own, device, batch_size)
+        out.update({f"{target}/{k}": v for k, v in full_ranking(scored).items()})
     ndcgs = [v for k, v in out.items() if k.endswith("NDCG@10")]
     out["NDCG@10"] = float(np.mean(ndcgs)) if ndcgs else float("nan")
     return out
 
 
-def _scored(model: LGCDModel, target: str, hist: list[np.ndarray], tgt: np.ndarray, device,
-            batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(scores over the target domain, targets) of the cases, a batch at a time."""
+def _scored(model: LGCDModel, target: str, hist: list[np.ndarray], tgt: np.ndarray, own: list[np.ndarray] | None,
+            device, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(scores over the target domain, targets) of the cases, a batch at a time (``own``: see :func:`inter_domain_cases`)."""
+    max_len = model.cfg.architecture.max_len
     for lo in range(0, len(tgt), batch_size):
-        (src,) = trim_left(pad_left(hist[lo:lo + batch_size], model.cfg.architecture.max_len))
-        yield model.scores(other(target) + target, src.to(device)), torch.as_tensor(tgt[lo:lo + batch_size])
+        (src,) = trim_left(pad_left(hist[lo:lo + batch_size], max_len))
+        tgt_history = None if own is None else trim_left(pad_left(own[lo:lo + batch_size], max_len))[0].to(device)
+        yield model.scores(other(target) + target, src.to(device), tgt_history), torch.as_tensor(tgt[lo:lo + batch_size])
 
 
 def train_lgcd_runs(cfg: DatasetConfig, inputs: Inputs, encoders_dir: Path, out_dir: Path, device: str,
@@ -118,7 +128,7 @@ def train_lgcd(lc: LGCDConfig, inputs: Inputs, encoders_dir: Path, out_dir: Path
                                        rank=accelerator.process_index, world_size=accelerator.num_processes,
                                        pseudo_repeats=tc.pseudo_repeats)
                 for i, dr in enumerate(DIRECTIONS)}
-    cases = {t: inter_domain_cases(index, inputs.eval_cases, t) for t in DOMAINS}
+    cases = {t: inter_domain_cases(index, inputs.eval_cases, t, oracle=lc.ablations.oracle_x0) for t in DOMAINS}
     for dr in DIRECTIONS:
         log(f"LGCD {dr}: {len(data[dr].overlap_rows)} overlap rows, {len(data[dr].pseudo_rows)} pseudo rows, "
             f"{int(data[dr].label.sum())} targets")
@@ -174,7 +184,7 @@ def x0_table(model: LGCDModel, target: str, tgt: torch.Tensor, chunk: int = 1024
 def _fingerprint(lc: LGCDConfig, data: dict[str, DirectionData], model: LGCDModel, cases: Cases) -> str:
     """The run's config, training rows, pretrained encoder weights and valid cases."""
     rows = [t for d in data.values() for t in (d.src, d.src_pos, d.tgt, d.tgt_pos, d.label, d.kind)]
-    valid = [part for hist, tgt in cases.values() for part in ([h.tolist() for h in hist], tgt)]
+    valid = [part for hist, tgt, _ in cases.values() for part in ([h.tolist() for h in hist], tgt)]
     return fingerprint_of({"lgcd": lc.model_dump(mode="json")}, *rows, *model.enc.state_dict().values(), *valid)
 
 
