@@ -28,7 +28,7 @@ def test_the_readme_has_commands_and_no_reference_to_a_missing_file():
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_readme_command_parses(command):
+def test_every_readme_command_parses(command, monkeypatch):
     from lgcd_pipeline.cli import build_parser
 
     words = [w for w in shlex.split(command) if "=" not in w or w.startswith("-")]  # drop VAR=value prefixes
@@ -54,6 +54,7 @@ def test_every_readme_command_parses(command):
             if clause.startswith("*"):  # upstream included: the first stage of that dataset
                 assert f"{target.split('/')[0]}/raw_interactions" in keys
     elif tool.endswith("python") and args[:1] == ["-m"]:
+        monkeypatch.syspath_prepend(str(REPO_ROOT))  # `python -m bench.x` runs from the repository root
         assert hasattr(importlib.import_module(args[1]), "main")
     else:
         assert tool in ("mkdir", "ln", "export"), command
