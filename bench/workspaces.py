@@ -1,7 +1,7 @@
 """Two workspaces that differ in one YAML field, every model of each scored on the same valid cases, paired.
 
     python -m bench.workspaces --a DIR_A --b DIR_B --field pretrain.positions [--dataset food_kitchen]
-        [--seeds 0,1,2] [--rows full,wo_diffusion] [--sasrec sasrec_mixed,sasrec_single] [--out FILE]
+        [--seeds 0,1,2] [--rows full,wo_diffusion] [--sasrec sasrec_mixed,sasrec_single] [--encoder-seeds 0,1,2] [--out FILE]
 
 ``DIR_A`` and ``DIR_B`` are two pipeline workspaces (see ``bench.ablations``) with the same data and
 YAML except ``--field`` (checked: the two values must differ, and label the columns), each with its
@@ -75,8 +75,24 @@ def _sasrec(cfg, inputs, candidates, name: str, positions: str, seed: int, work:
     return out
 
 
+def _encoders(cfg, inputs, path: Path, seed: int, device: str) -> Path:
+    """The folder of the workspace's encoders pre-trained with ``seed``: the stage's own for its YAML's
+    ``pretrain.seed``, else trained (or read back) into ``DIR/positions/encoders_seed<k>``."""
+    from lgcd_core.model.pretrain import pretrain_encoders
+    from lgcd_core.stages import PRETRAINED_ENCODERS
+
+    if seed == cfg.pretrain.seed:
+        return PRETRAINED_ENCODERS.path(cfg)
+    out = path / "positions" / f"encoders_seed{seed}"
+    if not all((out / PRETRAINED_ENCODERS.meta.format(domain=d)).exists() for d in "AB"):
+        print(f"== pre-training seed {seed} in {path}", flush=True)
+        seeded = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"seed": seed})})
+        pretrain_encoders(seeded, inputs, out, device, log=lambda m: print(m, flush=True))
+    return out
+
+
 def _ranks(cfg, inputs, candidates, path: Path, rows: list[str], sasrecs: list[str], seeds: list[int],
-           label: str, device: str) -> pa.Table:
+           encoder_seeds: list[int], label: str, device: str) -> pa.Table:
     """Per-case valid ranks of every model of one workspace, model names suffixed with ``@<label>``."""
     from lgcd_core.evaluation.run import source_only
     from lgcd_core.model.sasrec_baseline import load_sasrec_scorer
@@ -93,7 +109,9 @@ def _ranks(cfg, inputs, candidates, path: Path, rows: list[str], sasrecs: list[s
                            settings=SETTINGS[kind], batch_size=ev.batch_size).ranks
         parts.append(scored.set_column(0, "model", pc.binary_join_element_wise(scored.column("model"), f"@{label}", "")))
 
-    score({"pretrained_encoder": load_encoder_scorer(encoders, inputs.embeddings, inputs.items, device)}, 0, "encoder")
+    for seed in encoder_seeds:
+        score({"pretrained_encoder": load_encoder_scorer(_encoders(cfg, inputs, path, seed, device), inputs.embeddings,
+                                                         inputs.items, device)}, seed, "encoder")
     for seed in seeds:
         lgcd = {row: source_only(load_lgcd_scorer(path / "ablations" / row / f"seed{seed}", encoders, inputs.embeddings,
                                                   inputs.items, device), domains)
@@ -142,6 +160,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rows", default="full,wo_diffusion", help="LGCD rows trained by bench.ablations in both")
     parser.add_argument("--sasrec", default="sasrec_mixed,sasrec_single", help="SASRec baselines to train and compare")
+    parser.add_argument("--encoder-seeds", default="0", help="pre-training seeds of the pretrained-encoder rows "
+                        "(seeds other than the YAML's are pre-trained into DIR/positions/encoders_seed<k>)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -151,11 +171,13 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [r for r in args.rows.split(",") if r]
     sasrecs = [s for s in args.sasrec.split(",") if s]
+    encoder_seeds = [int(s) for s in args.encoder_seeds.split(",")]
     parts, records, labels = [], {}, []
     for path in (args.a, args.b):
         cfg, inputs, candidates = _workspace(path, args.dataset)
         labels.append(str(_field(cfg, args.field)))
-        parts.append(_ranks(cfg, inputs, candidates, path, rows, sasrecs, seeds, labels[-1], resolve_device(cfg.device)))
+        parts.append(_ranks(cfg, inputs, candidates, path, rows, sasrecs, seeds, encoder_seeds, labels[-1],
+                            resolve_device(cfg.device)))
         records[labels[-1]] = _encoder_valid(path, cfg)
     a, b = labels
     if a == b:
