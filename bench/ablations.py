@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bench.common import lgcd_overrides, mean_std, publish
+from bench.common import lgcd_overrides, mean_std, metric_per_seed, publish
 
 
 @dataclass(frozen=True)
@@ -177,22 +177,6 @@ def score_rows(cfg, inputs, runs: dict[str, dict[int, Path]], device: str) -> pa
     return pa.concat_tables(ranks)
 
 
-def _metric(ranks: pa.Table, model: str, domain: str, protocol: str, metric: str, k: int) -> list[float]:
-    """Per-seed mean of ``metric@k`` of ``model``."""
-    import torch
-
-    from lgcd_core.protocol.metrics import hit_rate, ndcg
-
-    cols = {c: np.asarray(ranks.column(c).to_pylist()) for c in ("model", "target_domain", "protocol", "seed", "rank")}
-    per_case = hit_rate if metric == "HR" else ndcg
-    out = []
-    for seed in sorted(set(cols["seed"].tolist())):
-        mask = (cols["model"] == model) & (cols["target_domain"] == domain) & (cols["protocol"] == protocol) & (cols["seed"] == seed)
-        if mask.any():
-            out.append(float(per_case(torch.from_numpy(cols["rank"][mask]), k).mean()))
-    return out
-
-
 def table(ranks: pa.Table, comparisons: pa.Table, rows: list[str], reference: str, names: dict[str, str],
           protocol: str, runs: dict[str, dict[int, Path]]) -> list[str]:
     """Markdown: each row's metrics and its paired NDCG@10 difference to the reference per target domain."""
@@ -203,7 +187,8 @@ def table(ranks: pa.Table, comparisons: pa.Table, rows: list[str], reference: st
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name in rows:
         cells = [name, str(len(runs[name]))]
-        cells += [mean_std(_metric(ranks, name, d, protocol, m, k)) for d in "AB" for m, k in COLUMNS]
+        cells += [mean_std(metric_per_seed(ranks, m, k, model=name, target_domain=d, protocol=protocol))
+                  for d in "AB" for m, k in COLUMNS]
         for d in "AB":
             c = comp.get((name, d))
             # comparisons are reference minus row; the table shows row minus reference

@@ -81,6 +81,25 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def metric_per_seed(ranks, metric: str = "NDCG", k: int = 10, **equal) -> list[float]:
+    """Per-seed mean of ``metric@k`` (``HR`` or ``NDCG``), in seed order, over the rows of a per-case rank table
+    (the columns of the evaluation stage's ``ranks.parquet``) whose columns equal ``equal``, e.g.
+    ``model="lgcd", target_domain="A"``."""
+    import pyarrow.compute as pc
+    import torch
+
+    from lgcd_core.protocol.metrics import hit_rate, ndcg
+
+    for column, value in equal.items():
+        ranks = ranks.filter(pc.equal(ranks[column], value))
+    per_case = hit_rate if metric == "HR" else ndcg
+    out = []
+    for seed in sorted(set(ranks.column("seed").to_pylist())):
+        r = ranks.filter(pc.equal(ranks["seed"], seed)).column("rank").to_numpy()
+        out.append(float(per_case(torch.from_numpy(r), k).mean()))
+    return out
+
+
 def sync_stages(times_path: Path) -> dict[str, float]:
     """Materialize every missing or stale stage of the workspace the environment points at.
 

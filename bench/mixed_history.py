@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from bench.ablations import _metric
-from bench.common import mean_std, publish
+from bench.common import mean_std, metric_per_seed, publish
 
 # docs/models.md, "How strong the baselines must be": the public SASRec on Food-Kitchen valid, mixed_history,
 # HR@5 / HR@10 / NDCG@5 / NDCG@10 (one seed).
@@ -86,7 +85,8 @@ def main() -> None:
     comp = {(r["baseline"], r["target_domain"]): r for r in comparisons.to_pylist()
             if r["protocol"] == "sampled999" and r["metric"] == "NDCG" and r["k"] == 10}
     for model in ("lgcd", "lgcd_source_only", "pretrained_encoder"):
-        cells = [model] + [mean_std(_metric(ranks, model, d, "sampled999", m, k)) for d in "AB" for m, k in COLUMNS]
+        cells = [model] + [mean_std(metric_per_seed(ranks, m, k, model=model, target_domain=d, protocol="sampled999"))
+                           for d in "AB" for m, k in COLUMNS]
         for d in "AB":
             c = comp.get((model, d))
             cells.append("–" if c is None else f"{c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]")

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bench.common import mean_std, publish
+from bench.common import mean_std, metric_per_seed, publish
 
 BUCKETS = ((0, 0, "0 (never trained)"), (1, 2, "1-2"), (3, 9, "3-9"), (10, None, "≥ 10"))
 
@@ -45,19 +45,6 @@ def _bucket_cases(eval_cases: pa.Table, counts: Counter, domain: str) -> dict[st
         out[label] = np.asarray([r["case_id"] for r in rows
                                  if counts[r["target"]] >= low and (high is None or counts[r["target"]] <= high)])
     return out
-
-
-def _ndcg10(ranks: pa.Table, model: str) -> list[float]:
-    """NDCG@10 per seed of ``model`` over the cases of ``ranks``."""
-    import torch
-
-    from lgcd_core.protocol.metrics import ndcg
-
-    values = []
-    for seed in sorted(set(ranks.filter(pc.equal(ranks["model"], model)).column("seed").to_pylist())):
-        r = ranks.filter(pc.and_(pc.equal(ranks["model"], model), pc.equal(ranks["seed"], seed))).column("rank")
-        values.append(float(ndcg(torch.as_tensor(r.to_numpy()), 10).mean()))
-    return values
 
 
 def render(workspace: Path, dataset: str, protocol: str) -> str:
@@ -89,7 +76,7 @@ def render(workspace: Path, dataset: str, protocol: str) -> str:
                 if label not in per_bucket:
                     cells.append("–")
                     continue
-                cell = mean_std(_ndcg10(per_bucket[label], model))
+                cell = mean_std(metric_per_seed(per_bucket[label], model=model))
                 c = verdicts[label].get(model)
                 if c is not None and (c["ci_low"], c["ci_high"]) != (0.0, 0.0):  # (0, 0): both score 0 on every case
                     cell += f"; LGCD − it {c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"

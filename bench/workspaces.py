@@ -33,7 +33,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bench.common import mean_std, publish
+from bench.common import mean_std, metric_per_seed, publish
 
 SETTINGS = {"lgcd": ("inter_domain",), "encoder": ("mixed_history",), "sasrec": ("inter_domain", "mixed_history")}
 
@@ -125,21 +125,6 @@ def _ranks(cfg, inputs, candidates, path: Path, rows: list[str], sasrecs: list[s
     return pa.concat_tables(parts)
 
 
-def _metric(ranks: pa.Table, model: str, domain: str, setting: str, protocol: str) -> list[float]:
-    """Per-seed NDCG@10 of ``model``."""
-    import torch
-
-    from lgcd_core.protocol.metrics import ndcg
-
-    out = []
-    sel = ranks.filter(pc.and_(pc.and_(pc.equal(ranks["model"], model), pc.equal(ranks["target_domain"], domain)),
-                               pc.and_(pc.equal(ranks["setting"], setting), pc.equal(ranks["protocol"], protocol))))
-    for seed in sorted(set(sel.column("seed").to_pylist())):
-        r = sel.filter(pc.equal(sel["seed"], seed)).column("rank").to_numpy()
-        out.append(float(ndcg(torch.from_numpy(r), 10).mean()))
-    return out
-
-
 def _encoder_valid(path: Path, cfg) -> dict:
     """The pretraining record of each domain's encoder (best epoch, valid NDCG@10 as pre-training measured it)."""
     from lgcd_core.stages import PRETRAINED_ENCODERS
@@ -202,8 +187,9 @@ def main() -> None:
                 if r["protocol"] != protocol or r["metric"] != "NDCG":
                     continue
                 d, setting = r["target_domain"], r["setting"]
-                out.append(f"| {model} | {setting} | {names[d]} | {mean_std(_metric(ranks, f'{model}@{a}', d, setting, protocol))} "
-                           f"| {mean_std(_metric(ranks, f'{model}@{b}', d, setting, protocol))} "
+                a_b = [mean_std(metric_per_seed(ranks, model=f"{model}@{x}", target_domain=d, setting=setting, protocol=protocol))
+                       for x in (a, b)]
+                out.append(f"| {model} | {setting} | {names[d]} | {a_b[0]} | {a_b[1]} "
                            f"| {r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {len(r['seeds'])} |")
         out.append("")
     out += ["## Pre-training records (valid, as pre-training measures it)", "", "```", json.dumps(records, indent=1), "```", ""]
