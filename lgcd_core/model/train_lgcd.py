@@ -59,7 +59,8 @@ def inter_domain_cases(index: ItemIndex, eval_cases: pa.Table, target: str, spli
     sp = eval_cases.column("split").to_pylist()
     td = eval_cases.column("target_domain").to_pylist()
     keep = [i for i in range(len(sp)) if sp[i] == split and td[i] == target]
-    hist = [eval_cases.column("history").to_pylist()[i] for i in keep]
+    histories = eval_cases.column("history").to_pylist()
+    hist = [histories[i] for i in keep]
     tgt = eval_cases.column("target").to_pylist()
     own = index.to_local(hist, target) if oracle else None
     return index.to_local(hist, other(target)), index.local_of[np.asarray([tgt[i] for i in keep], dtype=np.int64)], own
